@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (tiny pretraining run on the embedded corpus) and `make test`.
+# Both create or reuse .venv, install the CPU torch wheel and this package (C++ helpers built at
+# install time), then run.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+TORCH   ?= torch==2.13.0
+
+.PHONY: install test demo bench clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+$(STAMP): $(VPY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(VPY) -m pip install -q $(TORCH)
+	$(VPY) -m pip install -q -e ".[dev,hf]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest tests -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(VPY) tools/demo.py
+
+clean:
+	rm -rf build *.egg-info megatron_th/_C*.so

@@ -1,0 +1,318 @@
+"""Run configuration: dataclasses whose field docs are the ``--help``; YAML file + Megatron flags.
+
+Precedence: field default < ``--config FILE.yaml`` < command-line flag. YAML keys are the flag
+names in snake_case (``num_layers``, ``bf16``), flat or grouped in sections (``model:``,
+``train:`` ...). An unknown key or flag, or an impossible combination, is an error naming it.
+"""
+import argparse
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def F(default, doc, **kw):
+    """A config field with its documentation (shown by --help)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = F(2, "Transformer layers.")
+    hidden_size: int = F(128, "Model width h.")
+    num_attention_heads: int = F(4, "Query heads.")
+    num_query_groups: Optional[int] = F(None, "Key/value heads (GQA; 1 = MQA). Default: = heads (MHA).")
+    ffn_hidden_size: Optional[int] = F(None, "MLP width. Default 4h (GeLU) or the Llama rule 2/3*4h rounded to 64 (SwiGLU).")
+    kv_channels: Optional[int] = F(None, "Head dim. Default hidden_size / num_attention_heads.")
+    seq_length: int = F(256, "Tokens per training sample.")
+    max_position_embeddings: Optional[int] = F(None, "Learned position table size. Default seq_length.")
+    position_embedding_type: str = F("learned_absolute", "learned_absolute | rope.", choices=["learned_absolute", "rope"])
+    rotary_base: int = F(10000, "RoPE theta (Llama-3 uses 500000).")
+    normalization: str = F("LayerNorm", "LayerNorm | RMSNorm.", choices=["LayerNorm", "RMSNorm"])
+    norm_epsilon: float = F(1e-5, "Epsilon of the norms.")
+    swiglu: bool = F(False, "SwiGLU MLP (down(silu(gate(x)) * up(x))) instead of GeLU.")
+    openai_gelu: bool = F(False, "tanh-approximate GeLU (GPT-2's gelu_new) instead of the exact erf GeLU.")
+    disable_bias_linear: bool = F(False, "No biases in linear layers (Llama).")
+    add_qkv_bias: bool = F(False, "Bias on the QKV projection even with --disable-bias-linear (Qwen2).")
+    untie_embeddings_and_output_weights: bool = F(False, "Separate output head instead of the tied embedding.")
+    make_vocab_size_divisible_by: int = F(128, "Pad the vocab to a multiple of this (never times TP).")
+    hidden_dropout: float = F(0.1, "Dropout after attention and MLP.")
+    attention_dropout: float = F(0.1, "Dropout on attention probabilities.")
+    init_method_std: float = F(0.02, "Std of the normal initialisation; output layers scaled by 1/sqrt(2L).")
+    attention_backend: str = F("auto", "auto | sdpa | varlen | dense | flex | flash | te.",
+                               choices=["auto", "sdpa", "varlen", "dense", "flex", "flash", "te"])
+    recompute_granularity: Optional[str] = F(None, "Activation recompute: full | selective.", choices=["full", "selective"])
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = F(1, "TP size (ranks that split every layer).")
+    pipeline_model_parallel_size: int = F(1, "PP size (stages of layers).")
+    num_layers_per_virtual_pipeline_stage: Optional[int] = F(None, "Layers per interleaved 1F1B chunk.")
+    sequence_parallel: bool = F(False, "Split norms/dropout along the sequence inside a TP group.")
+    use_distributed_optimizer: bool = F(False, "Zero-1: shard optimizer state and master weights over DP.")
+    ddp_bucket_size: Optional[int] = F(None, "Gradient bucket size in elements (default: 40M).")
+    overlap_grad_reduce: bool = F(False, "Reduce gradient buckets during backward.")
+    overlap_param_gather: bool = F(False, "Gather Zero-1 params during the next forward.")
+    accumulate_allreduce_grads_in_fp32: bool = F(False, "Keep the gradient buffer in fp32 under bf16.")
+    distributed_backend: Optional[str] = F(None, "gloo | nccl (default: nccl with CUDA, else gloo).")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = F(3e-4, "Peak learning rate.")
+    min_lr: float = F(0.0, "Floor of the decay.")
+    lr_decay_style: str = F("cosine", "constant | linear | cosine | WSD | inverse-square-root.",
+                            choices=["constant", "linear", "cosine", "WSD", "inverse-square-root"])
+    lr_warmup_iters: int = F(0, "Linear warmup steps from 0 to --lr.")
+    lr_decay_iters: Optional[int] = F(None, "Steps over which the LR decays (default --train-iters); fixes the schedule so resuming with a larger --train-iters continues it.")
+    lr_wsd_decay_iters: Optional[int] = F(None, "WSD: steps of the final decay phase (default 10% of decay iters).")
+    weight_decay: float = F(0.01, "AdamW weight decay (not on biases and norms).")
+    adam_beta1: float = F(0.9, "AdamW beta1.")
+    adam_beta2: float = F(0.95, "AdamW beta2.")
+    adam_eps: float = F(1e-8, "AdamW epsilon.")
+    clip_grad: float = F(1.0, "Global gradient-norm clip (0 = off).")
+    bf16: bool = F(False, "bf16 compute with fp32 master weights.")
+    fp16: bool = F(False, "fp16 compute, fp32 master weights, dynamic loss scaling.")
+    initial_loss_scale: float = F(2.0 ** 16, "fp16: starting loss scale.")
+    min_loss_scale: float = F(1.0, "fp16: the scale never drops below this.")
+    loss_scale_window: int = F(1000, "fp16: clean steps before the scale doubles.")
+    hysteresis: int = F(2, "fp16: overflows tolerated before the scale halves.")
+    max_skipped_iters: int = F(10, "Abort after this many consecutive skipped (NaN/Inf) steps.")
+
+
+@dataclass
+class DataConfig:
+    data_path: list = F([], "Datasets: 'w1 prefix1 w2 prefix2 ...' or just prefixes. Default: the embedded corpus.", nargs="+")
+    split: str = F("949,50,1", "Document split train,valid,test.")
+    tokenizer_model: Optional[str] = F(None, "sentencepiece .model, or hf:<dir>. Default: the embedded Thai+English model.")
+    data_cache_path: Optional[str] = F(None, "Where sample indices are cached (default: beside the data).")
+    micro_batch_size: int = F(4, "Samples per micro-batch per DP rank.")
+    global_batch_size: int = F(16, "Samples per optimizer step over all DP ranks.")
+    reset_position_ids: bool = F(False, "Positions restart after each EOD.")
+    reset_attention_mask: bool = F(False, "Attention never crosses an EOD (real document masking).")
+    eod_mask_loss: bool = F(False, "No loss on predicting the token after an EOD.")
+
+
+@dataclass
+class TrainConfig:
+    train_iters: int = F(100, "Total optimizer steps (a resumed run with a larger value continues).")
+    seed: int = F(1234, "Seed for weights, data order and dropout.")
+    save: Optional[str] = F(None, "Checkpoint directory.")
+    load: Optional[str] = F(None, "Checkpoint directory to resume from.")
+    save_interval: Optional[int] = F(None, "Save every N steps (and at the end).")
+    keep_last: Optional[int] = F(None, "Keep only the last k checkpoints.")
+    eval_interval: Optional[int] = F(None, "Evaluate every N steps.")
+    eval_iters: int = F(2, "Batches per evaluation.")
+    log_interval: int = F(10, "Steps between console/JSONL log lines.")
+    log_dir: Optional[str] = F(None, "metrics.jsonl directory (default: --save, else runs/).")
+    tensorboard_dir: Optional[str] = F(None, "TensorBoard directory (when tensorboard is installed).")
+    peak_tflops: Optional[float] = F(None, "Peak TFLOP/s per device for MFU (default: GPU table, or measured on CPU).")
+    compile: bool = F(False, "torch.compile the model.")
+    num_threads: Optional[int] = F(None, "CPU threads per process (torch.set_num_threads).")
+
+
+SECTIONS = {"model": ModelConfig, "parallel": ParallelConfig, "optim": OptimConfig,
+            "data": DataConfig, "train": TrainConfig}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for sec, values in d.items():
+            for k, v in values.items():
+                setattr(getattr(cfg, sec), k, v)
+        return cfg
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _owner() -> dict:
+    """field name -> (section, dataclass field)."""
+    out = {}
+    for sec, klass in SECTIONS.items():
+        for f in dataclasses.fields(klass):
+            out[f.name] = (sec, f)
+    return out
+
+
+def _base_type(tp):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) is typing.Union else tp
+
+
+def build_parser(extra=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pretrain_gpt.py", argument_default=argparse.SUPPRESS,
+                                description="Megatron-style GPT pretraining (flags override --config).")
+    p.add_argument("--config", help="YAML file; keys are these flags in snake_case, flat or in sections.")
+    for sec, klass in SECTIONS.items():
+        g = p.add_argument_group(sec)
+        for f in dataclasses.fields(klass):
+            flag = "--" + f.name.replace("_", "-")
+            tp = _base_type(f.type)
+            doc = f.metadata["doc"].replace("%", "%%")
+            if tp is bool:
+                g.add_argument(flag, action=argparse.BooleanOptionalAction, help=doc)
+            elif f.metadata.get("nargs"):
+                g.add_argument(flag, nargs=f.metadata["nargs"], help=doc)
+            else:
+                g.add_argument(flag, type=tp if tp in (int, float) else str, help=doc,
+                               choices=f.metadata.get("choices"))
+    if extra:
+        extra(p)
+    return p
+
+
+def _coerce(name, f, value, where):
+    tp = _base_type(f.type)
+    if value is None:
+        return None
+    try:
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is list:
+            return [str(x) for x in value] if isinstance(value, list) else str(value).split()
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} must be {tp.__name__}, got {value!r}") from None
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: invalid YAML ({e})") from None
+    flat = {}
+    for k, v in raw.items():
+        if k in SECTIONS and isinstance(v, dict):
+            flat.update(v)
+        else:
+            flat[k] = v
+    return flat
+
+
+def parse_config(argv=None, extra=None):
+    """Returns (Config, extra argparse namespace). Exits with one line on a bad flag or value."""
+    parser = build_parser(extra)
+    ns = vars(parser.parse_args(argv))
+    owner = _owner()
+    cfg = Config()
+    values = {}
+    if "config" in ns:
+        for k, v in load_yaml(ns["config"]).items():
+            if k.replace("-", "_") not in owner:
+                raise ConfigError(f"--config {ns['config']}: unknown key {k!r}")
+            values[k.replace("-", "_")] = (v, f"--config {ns['config']}")
+    rest = {}
+    for k, v in ns.items():
+        if k in owner:
+            values[k] = (v, "--" + k.replace("_", "-"))
+        elif k != "config":
+            rest[k] = v
+    for k, (v, where) in values.items():
+        sec, f = owner[k]
+        v = _coerce(k, f, v, where)
+        if f.metadata.get("choices") and v is not None and v not in f.metadata["choices"]:
+            raise ConfigError(f"{where}: {k} must be one of {f.metadata['choices']}, got {v!r}")
+        setattr(getattr(cfg, sec), k, v)
+    return cfg, argparse.Namespace(**rest)
+
+
+def finalize(cfg: Config, world_size: int = 1) -> Config:
+    """Fill derived defaults and reject impossible settings with one line naming the flag."""
+    m, p, o, d, t = cfg.model, cfg.parallel, cfg.optim, cfg.data, cfg.train
+
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "micro_batch_size",
+                 "global_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        sec, _ = _owner()[name]
+        need(getattr(getattr(cfg, sec), name) > 0, f"--{name.replace('_', '-')} must be positive")
+    if m.num_query_groups is None:
+        m.num_query_groups = m.num_attention_heads
+    if m.kv_channels is None:
+        need(m.hidden_size % m.num_attention_heads == 0,
+             f"--hidden-size {m.hidden_size} is not divisible by --num-attention-heads {m.num_attention_heads}")
+        m.kv_channels = m.hidden_size // m.num_attention_heads
+    need(m.num_query_groups > 0 and m.num_attention_heads % m.num_query_groups == 0,
+         f"--num-attention-heads {m.num_attention_heads} is not divisible by --num-query-groups {m.num_query_groups}")
+    if m.ffn_hidden_size is None:
+        m.ffn_hidden_size = (-(-int(8 * m.hidden_size / 3) // 64) * 64) if m.swiglu else 4 * m.hidden_size
+    if m.max_position_embeddings is None:
+        m.max_position_embeddings = m.seq_length
+    if m.position_embedding_type == "learned_absolute":
+        need(m.seq_length <= m.max_position_embeddings,
+             f"--seq-length {m.seq_length} exceeds --max-position-embeddings {m.max_position_embeddings}")
+    if m.position_embedding_type == "rope":
+        need(m.kv_channels % 2 == 0, f"RoPE needs an even head dim, got --kv-channels {m.kv_channels}")
+    for name in ("hidden_dropout", "attention_dropout"):
+        need(0.0 <= getattr(m, name) < 1.0, f"--{name.replace('_', '-')} must be in [0, 1)")
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    need(world_size % (tp * pp) == 0,
+         f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} "
+         f"x --pipeline-model-parallel-size {pp}")
+    dp = world_size // (tp * pp)
+    need(m.num_attention_heads % tp == 0,
+         f"--num-attention-heads {m.num_attention_heads} is not divisible by --tensor-model-parallel-size {tp}")
+    need(m.num_query_groups % tp == 0,
+         f"--num-query-groups {m.num_query_groups} is not divisible by --tensor-model-parallel-size {tp}")
+    need(m.ffn_hidden_size % tp == 0,
+         f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by --tensor-model-parallel-size {tp}")
+    need(m.num_layers % pp == 0,
+         f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    if p.num_layers_per_virtual_pipeline_stage:
+        v = p.num_layers_per_virtual_pipeline_stage
+        need(pp > 1, "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
+        need((m.num_layers // pp) % v == 0,
+             f"--num-layers-per-virtual-pipeline-stage {v} does not divide the {m.num_layers // pp} layers per stage")
+    need(d.global_batch_size % (d.micro_batch_size * dp) == 0,
+         f"--global-batch-size {d.global_batch_size} is not divisible by --micro-batch-size "
+         f"{d.micro_batch_size} x data-parallel size {dp}")
+    need(not (o.bf16 and o.fp16), "--bf16 and --fp16 are mutually exclusive")
+    need(o.lr >= 0 and o.min_lr >= 0 and o.min_lr <= o.lr, f"--min-lr {o.min_lr} must be in [0, --lr {o.lr}]")
+    if o.lr_decay_iters is None:
+        o.lr_decay_iters = t.train_iters
+    need(o.lr_warmup_iters >= 0, "--lr-warmup-iters must be >= 0")
+    need(o.lr_decay_iters >= o.lr_warmup_iters,
+         f"--lr-warmup-iters {o.lr_warmup_iters} exceeds --lr-decay-iters {o.lr_decay_iters}")
+    need(t.train_iters >= 0, "--train-iters must be >= 0")
+    need(t.log_interval > 0, "--log-interval must be positive")
+    for name in ("save_interval", "eval_interval", "keep_last"):
+        val = getattr(t, name)
+        need(val is None or val > 0, f"--{name.replace('_', '-')} must be positive")
+    return cfg
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    return world_size // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)

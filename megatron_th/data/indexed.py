@@ -1,0 +1,204 @@
+"""Megatron-compatible indexed datasets: ``name.idx`` + ``name.bin`` ("MMIDIDX", version 1).
+
+Layout of ``.idx`` (little-endian, no padding)::
+
+    0   9     magic b"MMIDIDX\\x00\\x00"
+    9   8     version u64 = 1
+    17  1     dtype code u8 (see DTYPE_CODES)
+    18  8     sequence count S, u64
+    26  8     document-index length D, u64 (= documents + 1)
+    34  4*S   sequence lengths, int32 (tokens)
+    ..  8*S   sequence pointers, int64 (byte offsets into .bin)
+    ..  8*D   document index, int64: [0, ..., S]
+
+``.bin`` holds the sequences' tokens back to back, no header. For GPT data one document is one
+sequence. Files written here load in Megatron-LM and vice versa.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, S, D -> 34 bytes
+
+DTYPE_CODES = {
+    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32,
+    5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
+}
+CODE_OF_DTYPE = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
+
+
+class IndexedDatasetError(ValueError):
+    """A malformed or inconsistent .idx/.bin pair; the message names the file."""
+
+
+def best_token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 below 65500 tokens (Megatron's rule), else int32."""
+    return np.dtype(np.uint16) if vocab_size < 65500 else np.dtype(np.int32)
+
+
+def idx_path(prefix: str | os.PathLike) -> str:
+    return f"{prefix}.idx"
+
+
+def bin_path(prefix: str | os.PathLike) -> str:
+    return f"{prefix}.bin"
+
+
+def dataset_exists(prefix: str | os.PathLike) -> bool:
+    return os.path.isfile(idx_path(prefix)) and os.path.isfile(bin_path(prefix))
+
+
+def _read_index(path: str):
+    """Parse and validate an .idx file; returns (dtype, lengths, pointers, doc_idx) as mmap views."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise IndexedDatasetError(f"{path}: cannot open index file ({e.strerror})") from None
+    if size < HEADER.size:
+        raise IndexedDatasetError(f"{path}: truncated index ({size} bytes, header needs {HEADER.size})")
+    with open(path, "rb") as f:
+        magic, version, code, n_seq, n_doc = HEADER.unpack(f.read(HEADER.size))
+    if magic != MAGIC:
+        raise IndexedDatasetError(f"{path}: not a Megatron MMIDIDX index (magic {magic!r})")
+    if version != VERSION:
+        raise IndexedDatasetError(f"{path}: unsupported index version {version} (expected {VERSION})")
+    if code not in DTYPE_CODES:
+        raise IndexedDatasetError(f"{path}: unknown dtype code {code}")
+    expected = HEADER.size + 4 * n_seq + 8 * n_seq + 8 * n_doc
+    if size != expected:
+        what = "truncated" if size < expected else "trailing bytes in"
+        raise IndexedDatasetError(
+            f"{path}: {what} index ({size} bytes, header says {expected} for {n_seq} sequences)")
+    buf = np.memmap(path, dtype=np.uint8, mode="r")
+    off = HEADER.size
+    lengths = np.frombuffer(buf, dtype="<i4", count=n_seq, offset=off)
+    off += 4 * n_seq
+    pointers = np.frombuffer(buf, dtype="<i8", count=n_seq, offset=off)
+    off += 8 * n_seq
+    doc_idx = np.frombuffer(buf, dtype="<i8", count=n_doc, offset=off)
+    if n_doc < 1 or doc_idx[0] != 0 or doc_idx[-1] != n_seq:
+        raise IndexedDatasetError(f"{path}: document index must run from 0 to {n_seq}")
+    if n_seq and (lengths.min() < 0 or np.any(np.diff(doc_idx) < 0)):
+        raise IndexedDatasetError(f"{path}: negative sequence length or unsorted document index")
+    return np.dtype(DTYPE_CODES[code]), lengths, pointers, doc_idx
+
+
+class IndexedDataset:
+    """Read-only, memory-mapped view of a ``prefix.idx`` / ``prefix.bin`` pair.
+
+    ``ds[i]`` is sequence i as a numpy array (a zero-copy view); ``ds.get(i, offset, length)``
+    reads part of one. ``ds.sizes`` are the token counts, ``ds.document_indices`` the doc index.
+    """
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.prefix = str(prefix)
+        self.dtype, self.sizes, self.pointers, self.document_indices = _read_index(idx_path(prefix))
+        path = bin_path(prefix)
+        if not os.path.isfile(path):
+            raise IndexedDatasetError(f"{path}: data file missing")
+        need = 0
+        if len(self.sizes):
+            last = int(np.argmax(self.pointers))
+            need = int(self.pointers[last]) + int(self.sizes[last]) * self.dtype.itemsize
+        have = os.path.getsize(path)
+        if have < need:
+            raise IndexedDatasetError(f"{path}: data file is {have} bytes, index needs {need}")
+        self._bin = np.memmap(path, dtype=np.uint8, mode="r") if have else np.zeros(0, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
+        size = int(self.sizes[i])
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(f"{self.prefix}: slice [{offset}, {offset + length}) outside sequence {i} of {size}")
+        start = int(self.pointers[i]) + offset * self.dtype.itemsize
+        return np.frombuffer(self._bin, dtype=self.dtype, count=length, offset=start)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.get(i)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sizes.sum(dtype=np.int64))
+
+
+class IndexedDatasetBuilder:
+    """Streams sequences to ``prefix.bin.tmp`` and writes the index on ``finalize()``.
+
+    Both files appear under their real names only at the end (rename), so an interrupted build
+    never leaves a valid-looking half dataset. Use as a context manager: an exception discards.
+    """
+
+    def __init__(self, prefix: str | os.PathLike, dtype=np.uint16):
+        self.prefix = str(prefix)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in CODE_OF_DTYPE:
+            raise ValueError(f"unsupported token dtype {self.dtype}")
+        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        self._bin_tmp = bin_path(prefix) + ".tmp"
+        self._idx_tmp = idx_path(prefix) + ".tmp"
+        self._bin = open(self._bin_tmp, "wb")
+        self._lengths: list[int] = []
+        self._doc_idx: list[int] = [0]
+
+    def add_item(self, tokens) -> None:
+        """Append one sequence (any int array-like); values must fit the dtype."""
+        arr = np.asarray(tokens)
+        if arr.size and self.dtype.kind in "ui":
+            info = np.iinfo(self.dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise ValueError(f"{self.prefix}: token id out of range for {self.dtype}")
+        self._bin.write(arr.astype(self.dtype, copy=False).tobytes(order="C"))
+        self._lengths.append(int(arr.size))
+
+    def end_document(self) -> None:
+        self._doc_idx.append(len(self._lengths))
+
+    def add_document(self, tokens) -> None:
+        self.add_item(tokens)
+        self.end_document()
+
+    def finalize(self) -> None:
+        self._bin.flush()
+        os.fsync(self._bin.fileno())
+        self._bin.close()
+        lengths = np.asarray(self._lengths, dtype="<i4")
+        pointers = np.zeros(len(lengths), dtype="<i8")
+        if len(lengths) > 1:
+            np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        doc_idx = np.asarray(self._doc_idx, dtype="<i8")
+        with open(self._idx_tmp, "wb") as f:
+            f.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], len(lengths), len(doc_idx)))
+            f.write(lengths.tobytes())
+            f.write(pointers.tobytes())
+            f.write(doc_idx.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self._bin_tmp, bin_path(self.prefix))
+        os.replace(self._idx_tmp, idx_path(self.prefix))
+
+    def discard(self) -> None:
+        if not self._bin.closed:
+            self._bin.close()
+        for p in (self._bin_tmp, self._idx_tmp):
+            if os.path.exists(p):
+                os.remove(p)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.discard()
+        return False

@@ -1,0 +1,133 @@
+"""Tokenizers behind one small interface, and the vocabulary padding rule.
+
+The default is a sentencepiece model trained by ``tools/train_tokenizer.py``; its special ids are
+fixed: ``<unk>`` 0, ``<s>`` (BOS) 1, ``</s>`` (EOS) 2, ``<pad>`` 3, and EOS is the end-of-document
+(EOD) token appended by ``tools/preprocess_data.py``. Hugging Face tokenizers are accepted too
+(``hf:<dir>``), for continued pretraining of an existing model.
+"""
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+
+# Characters removed before training and before encoding: zero-width space and the BOM /
+# zero-width no-break space. They are invisible, common in scraped Thai, and carry no meaning.
+_INVISIBLE = re.compile("[\u200b\ufeff]")
+
+
+def strip_invisible(text: str) -> str:
+    return _INVISIBLE.sub("", text)
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int = 128) -> int:
+    """Round up to a multiple of ``divisible_by`` -- NOT multiplied by TP (unlike Megatron), so
+    shapes, initial weights and checkpoints never depend on the parallel layout."""
+    if divisible_by <= 0:
+        raise ValueError(f"--make-vocab-size-divisible-by must be positive, got {divisible_by}")
+    return -(-vocab_size // divisible_by) * divisible_by
+
+
+class SentencePieceTokenizer:
+    """A sentencepiece model file; ``encode`` adds nothing (no BOS, no dummy prefix)."""
+
+    def __init__(self, model_path: str | os.PathLike):
+        import sentencepiece as spm
+
+        self.model_path = str(model_path)
+        if not os.path.isfile(self.model_path):
+            raise FileNotFoundError(f"{self.model_path}: tokenizer model not found")
+        self.sp = spm.SentencePieceProcessor(model_file=self.model_path)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def eod(self) -> int:
+        return self.sp.eos_id()
+
+    @property
+    def bos(self) -> int:
+        return self.sp.bos_id()
+
+    @property
+    def pad(self) -> int:
+        return self.sp.pad_id()
+
+    @property
+    def unk(self) -> int:
+        return self.sp.unk_id()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(strip_invisible(text))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode([strip_invisible(t) for t in texts])
+
+    def decode(self, ids) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i))
+
+    @cached_property
+    def model_bytes(self) -> bytes:
+        with open(self.model_path, "rb") as f:
+            return f.read()
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer directory (``hf:<dir>``); requires the ``[hf]`` extra."""
+
+    def __init__(self, path: str):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as e:
+            raise ImportError("hf: tokenizers need `pip install megatron_th[hf]`") from e
+        self.model_path = path
+        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if self.tok.eos_token_id is None:
+            raise ValueError(f"{path}: tokenizer has no eos token to use as end-of-document")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+    @property
+    def eod(self) -> int:
+        return self.tok.eos_token_id
+
+    @property
+    def bos(self):
+        return self.tok.bos_token_id
+
+    @property
+    def pad(self):
+        return self.tok.pad_token_id
+
+    @property
+    def unk(self):
+        return self.tok.unk_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+    def id_to_piece(self, i: int) -> str:
+        return self.tok.convert_ids_to_tokens(int(i))
+
+
+def load_tokenizer(spec: str | os.PathLike):
+    """``path/to/model.model`` -> sentencepiece; ``hf:<dir>`` -> Hugging Face."""
+    spec = str(spec)
+    if spec.startswith("hf:"):
+        return HFTokenizer(spec[3:])
+    return SentencePieceTokenizer(spec)

@@ -1,0 +1,99 @@
+"""GPTModel: embedding -> transformer layers -> final norm -> output head -> per-token loss.
+
+A pipeline stage is the same class holding a slice of the layers (``layer_range``), the embedding
+only on the first stage (``pre_process``) and the head only on the last (``post_process``). Layers
+keep their global index in parameter names (``layers.5.mlp...``) so checkpoints are logical. With
+tied embeddings, a last stage that is not also the first holds its own copy of
+``embedding.word_embeddings.weight`` (same name, same initial value); parallelism keeps the two
+equal by summing their gradients. The model knows nothing of process groups.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megatron_th.data.tokenizer import padded_vocab_size
+from megatron_th.model.blocks import RotaryEmbedding, TransformerLayer, make_norm
+
+
+class Embedding(nn.Module):
+    def __init__(self, cfg, padded_vocab: int, with_positions: bool):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(padded_vocab, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size) if with_positions else None
+        self.dropout = cfg.hidden_dropout
+
+    def forward(self, tokens, position_ids):
+        x = self.word_embeddings(tokens)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(position_ids)
+        return F.dropout(x, self.dropout, self.training)
+
+
+class GPTModel(nn.Module):
+    def __init__(self, cfg, vocab_size: int, layer_range: tuple[int, int] | None = None,
+                 pre_process: bool = True, post_process: bool = True):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.padded_vocab_size = padded_vocab_size(vocab_size, cfg.make_vocab_size_divisible_by)
+        self.pre_process, self.post_process = pre_process, post_process
+        self.tied = not cfg.untie_embeddings_and_output_weights
+        learned = cfg.position_embedding_type == "learned_absolute"
+        if pre_process or (post_process and self.tied):
+            self.embedding = Embedding(cfg, self.padded_vocab_size, learned and pre_process)
+        self.rope = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base) if not learned else None
+        lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
+        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg) for i in range(lo, hi)})
+        if post_process:
+            self.final_norm = make_norm(cfg, cfg.hidden_size)
+            if not self.tied:
+                self.output_layer = nn.Linear(cfg.hidden_size, self.padded_vocab_size, bias=False)
+        self.recompute_full = cfg.recompute_granularity == "full"
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
+
+    def forward(self, tokens=None, position_ids=None, hidden_states=None, cu_seqlens=None,
+                labels=None, loss_mask=None):
+        """First stage: ``tokens``; later stages: ``hidden_states`` [b, s, h].
+
+        Returns hidden states (not the last stage), logits [b, s, vocab] (no labels; padded
+        vocab dropped), or the per-token loss [b, s] (labels given; multiply by loss_mask and
+        average outside, so the mean can span micro-batches and ranks).
+        """
+        if self.pre_process:
+            b, s = tokens.shape
+            if position_ids is None:
+                position_ids = torch.arange(s, device=tokens.device).expand(b, s)
+            x = self.embedding(tokens, position_ids)
+        else:
+            x = hidden_states
+            b, s = x.shape[:2]
+            if position_ids is None:
+                position_ids = torch.arange(s, device=x.device).expand(b, s)
+        rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
+        for layer in self.layers.values():
+            if self.recompute_full and self.training:
+                x = checkpoint(layer, x, rope, cu_seqlens, use_reentrant=False)
+            else:
+                x = layer(x, rope, cu_seqlens)
+        if not self.post_process:
+            return x
+        x = self.final_norm(x)
+        logits = F.linear(x, self.head_weight())[..., : self.vocab_size]
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(b, s)
+
+
+def build_model(cfg, vocab_size: int, seed: int, device="cpu", dtype=torch.float32, **stage) -> GPTModel:
+    """A plain model (or one pipeline stage of it) holding the seeded initial weights."""
+    from megatron_th.model.init import init_model
+
+    with torch.device("meta"):
+        model = GPTModel(cfg, vocab_size, **stage)
+    model.to_empty(device="cpu")
+    init_model(model, cfg, seed)
+    return model.to(device=device, dtype=dtype)

@@ -1,0 +1,174 @@
+"""The pretraining loop: build -> (resume) -> train / evaluate / log -> save."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import torch
+
+from megatron_th.config import ConfigError, finalize, parse_config
+from megatron_th.data.embedded import DEFAULT_TOKENIZER, embedded_data_path
+from megatron_th.data.gpt_dataset import BlendedDataset, build_datasets
+from megatron_th.data.loader import PretrainingLoader
+from megatron_th.data.tokenizer import load_tokenizer
+from megatron_th.model.flops import flops_per_iteration
+from megatron_th.model.gpt import build_model
+from megatron_th.training.checkpoint import find_checkpoint
+from megatron_th.training.metrics import MetricsLogger, peak_tflops
+from megatron_th.training.optimizer import MixedPrecisionOptimizer
+from megatron_th.training.resume import load_state, open_checkpoint, save_state
+from megatron_th.training.schedules import LRSchedule
+from megatron_th.training.step import count_loss_tokens, forward_backward, forward_only
+
+
+class TrainingAborted(RuntimeError):
+    pass
+
+
+def precision(cfg) -> tuple[str, torch.dtype]:
+    if cfg.optim.bf16:
+        return "bf16", torch.bfloat16
+    if cfg.optim.fp16:
+        return "fp16", torch.float16
+    return "fp32", torch.float32
+
+
+def setup_data(cfg, log=print):
+    d, t = cfg.data, cfg.train
+    tok_path = d.tokenizer_model or DEFAULT_TOKENIZER
+    tokenizer = load_tokenizer(tok_path)
+    data_path = d.data_path or embedded_data_path(log=log)
+    evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
+    n = {"train": t.train_iters * d.global_batch_size,
+         "valid": t.eval_iters * d.global_batch_size if evals else 0}
+    datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log)
+    return tokenizer, tok_path, datasets
+
+
+def make_loader(cfg, dataset, tokenizer, consumed=0, dp_rank=0, dp_size=1):
+    d = cfg.data
+    return PretrainingLoader(dataset, d.global_batch_size, d.micro_batch_size, tokenizer.eod, dp_rank, dp_size,
+                             consumed, d.reset_position_ids, d.reset_attention_mask, d.eod_mask_loss)
+
+
+def evaluate(cfg, model, dataset, tokenizer, device) -> dict:
+    """Mean loss over the first --eval-iters global batches of the split (the same every time),
+    and per source when the split blends several datasets."""
+    model.eval()
+    loader = make_loader(cfg, dataset, tokenizer)
+    sums = {}
+    for k in range(cfg.train.eval_iters):
+        ids = list(loader.rank_sample_ids(loader.consumed_samples))
+        stats = torch.cat(forward_only(model, loader.next_global_batch(), device)).cpu()
+        for sid, (loss, ntok) in zip(ids, stats.tolist()):
+            src = dataset.names[dataset.source(sid)].split(":")[0] if isinstance(dataset, BlendedDataset) else "all"
+            acc = sums.setdefault(src, [0.0, 0.0])
+            acc[0] += loss
+            acc[1] += ntok
+    model.train()
+    total = sum(v[0] for v in sums.values()) / max(sum(v[1] for v in sums.values()), 1.0)
+    per = {k: v[0] / max(v[1], 1.0) for k, v in sorted(sums.items())} if len(sums) > 1 else {}
+    return {"lm_loss": total, "ppl": math.exp(min(total, 50.0)), "per_source": per}
+
+
+def pretrain(cfg, log=print) -> dict:
+    """Runs training as configured; returns a summary (final state, last losses)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    finalize(cfg, world)
+    if world > 1:
+        raise ConfigError(f"world size {world}: tensor, pipeline and data parallelism are not available "
+                          "in this build yet; run with --nproc-per-node 1")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prec, dtype = precision(cfg)
+    m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
+    tokenizer, tok_path, datasets = setup_data(cfg, log)
+    model = build_model(m, tokenizer.vocab_size, t.seed, device=device, dtype=dtype)
+    if t.compile:
+        model = torch.compile(model)
+    named = [(n.replace("_orig_mod.", ""), p) for n, p in model.named_parameters()]
+    optimizer = MixedPrecisionOptimizer(named, o)
+    schedule = LRSchedule.from_config(o)
+    state = {"iteration": 0, "consumed_samples": 0, "skipped_iters": 0}
+    torch.manual_seed(t.seed)
+    if t.load and find_checkpoint(t.load) is None:
+        log(f"note: --load {t.load} holds no complete checkpoint yet; starting from scratch")
+    elif t.load:
+        reader = open_checkpoint(t.load)
+        state.update(load_state(reader, getattr(model, "_orig_mod", model), optimizer))
+        log(f"resumed from {reader.path} at iteration {state['iteration']} "
+            f"({state['consumed_samples']} samples consumed)")
+    nparams = sum(p.numel() for p in model.parameters())
+    log(f"model: {nparams / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
+        f"{getattr(model, '_orig_mod', model).padded_vocab_size}), {prec} on {device}")
+    loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"])
+    log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
+    metrics = MetricsLogger(log_dir, True, t.train_iters, t.tensorboard_dir)
+    flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size)
+    peak = peak_tflops(prec, device.type, t.peak_tflops)
+    consecutive_skips, losses, last_save = 0, [], None
+    window = {"loss": 0.0, "tokens": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0}
+    model.train()
+    while state["iteration"] < t.train_iters:
+        t0 = time.perf_counter()
+        it = state["iteration"] + 1
+        micro = loader.next_global_batch()
+        ntok = float(count_loss_tokens(micro))
+        loss_sum = forward_backward(model, micro, max(ntok, 1.0), optimizer.loss_scale, device)
+        loss = float(loss_sum) / max(ntok, 1.0)
+        lr = schedule.lr_at(it)
+        if math.isfinite(loss):
+            stepped, gnorm = optimizer.step(lr)
+        else:
+            optimizer.zero_grad()
+            stepped, gnorm = False, float("nan")
+        state["iteration"], state["consumed_samples"] = it, loader.consumed_samples
+        if stepped:
+            consecutive_skips = 0
+        else:
+            state["skipped_iters"] += 1
+            consecutive_skips += 1
+            log(f"iter {it}: skipped the update (loss {loss:.4g}, grad norm {gnorm:.4g}, "
+                f"loss scale now {optimizer.loss_scale:.4g})")
+            if consecutive_skips >= o.max_skipped_iters:
+                raise TrainingAborted(f"{consecutive_skips} consecutive iterations had a non-finite loss or "
+                                      f"gradient (last loss {loss}); stopping. Lower --lr, use --bf16, or check the data.")
+        losses.append(loss)
+        dt = time.perf_counter() - t0
+        window["loss"] += loss if math.isfinite(loss) else 0.0
+        window["gnorm"] += gnorm if math.isfinite(gnorm) else 0.0
+        window["time"] += dt
+        window["iters"] += 1
+        if it % t.log_interval == 0 or it == t.train_iters:
+            n = window["iters"]
+            tps = n * d.global_batch_size * m.seq_length / window["time"]
+            tflops = n * flops / window["time"] / 1e12
+            rec = {"iteration": it, "consumed_samples": state["consumed_samples"], "lm_loss": window["loss"] / n,
+                   "grad_norm": window["gnorm"] / n, "lr": lr, "loss_scale": optimizer.loss_scale,
+                   "skipped_iters": state["skipped_iters"], "tokens_per_sec": tps, "tflops": tflops,
+                   "mfu": tflops / peak, "step_time": window["time"] / n}
+            metrics.train(rec, (t.train_iters - it) * window["time"] / n)
+            window = dict.fromkeys(window, 0.0)
+        if t.eval_interval and datasets.get("valid") is not None and (it % t.eval_interval == 0 or it == t.train_iters):
+            ev = evaluate(cfg, model, datasets["valid"], tokenizer, device)
+            metrics.eval(dict(ev, iteration=it, consumed_samples=state["consumed_samples"]))
+        if t.save and t.save_interval and it % t.save_interval == 0:
+            last_save = save_state(cfg, getattr(model, "_orig_mod", model), optimizer, dict(state), tok_path, t.keep_last)
+            log(f"saved {last_save}")
+    if t.save and (last_save is None or not last_save.endswith(f"{state['iteration']:07d}")):
+        last_save = save_state(cfg, getattr(model, "_orig_mod", model), optimizer, dict(state), tok_path, t.keep_last)
+        log(f"saved {last_save}")
+    return {"state": state, "losses": losses, "checkpoint": last_save, "model": model}
+
+
+def main(argv=None) -> int:
+    try:
+        cfg, _ = parse_config(argv)
+        pretrain(cfg)
+    except (ConfigError, FileNotFoundError, TrainingAborted) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    return 0

@@ -1,0 +1,151 @@
+"""Single-process training: bitwise resume, non-finite skips, metrics, checkpoint format, generate."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_th.config import parse_config
+from megatron_th.data.indexed import IndexedDatasetBuilder
+from megatron_th.training import pretrain as pt
+from megatron_th.training.checkpoint import CheckpointError, CheckpointReader, find_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_prefix(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    with IndexedDatasetBuilder(str(d / "syn")) as b:
+        for _ in range(400):
+            b.add_document(np.append(rng.integers(5, 300, size=rng.integers(5, 60)), 2))
+    return str(d / "syn")
+
+
+def tiny_argv(data_prefix, tmp, *extra):
+    return ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--num-query-groups", "2",
+            "--seq-length", "32", "--position-embedding-type", "rope", "--normalization", "RMSNorm", "--swiglu",
+            "--disable-bias-linear", "--micro-batch-size", "2", "--global-batch-size", "4",
+            "--data-path", data_prefix, "--data-cache-path", str(tmp / "cache"), "--lr", "3e-3",
+            "--lr-warmup-iters", "2", "--lr-decay-iters", "20", "--log-interval", "1", "--seed", "5",
+            "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--reset-attention-mask",
+            "--reset-position-ids", "--num-threads", "1", *extra]
+
+
+def run(argv, logs=None):
+    cfg, _ = parse_config(argv)
+    return pt.pretrain(cfg, log=(logs.append if logs is not None else lambda m: None))
+
+
+def test_resume_is_bitwise_identical(data_prefix, tmp_path, capsys):
+    full = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "8"))
+    ck = tmp_path / "ck"
+    first = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "4", "--save", str(ck)))
+    second = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "8", "--load", str(ck), "--save", str(ck)))
+    assert first["losses"] == full["losses"][:4]
+    assert second["losses"] == full["losses"][4:]  # bitwise: the same floats
+    assert second["state"] == {"iteration": 8, "consumed_samples": 32, "skipped_iters": 0}
+    for a, b in zip(full["model"].parameters(), second["model"].parameters()):
+        assert torch.equal(a, b)
+    # the dropout really was on (the resume restored the RNG, not a no-op)
+    again = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "8", "--hidden-dropout", "0", "--attention-dropout", "0"))
+    assert again["losses"] != full["losses"]
+    # metrics: one JSON line per step with the documented keys, appended across the resume
+    recs = [json.loads(l) for l in open(ck / "logs" / "metrics.jsonl")]
+    assert [r["iteration"] for r in recs] == list(range(1, 9))
+    keys = {"iteration", "consumed_samples", "lm_loss", "grad_norm", "lr", "loss_scale", "skipped_iters",
+            "tokens_per_sec", "tflops", "mfu"}
+    assert keys <= set(recs[0])
+    assert recs[5]["lm_loss"] == pytest.approx(full["losses"][5])
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("iter 8/8")][0]
+    assert " | loss " in line and "tok/s" in line and "MFU" in line and "eta" in line
+
+
+def test_checkpoint_layout_and_safety(data_prefix, tmp_path):
+    ck = tmp_path / "ck"
+    run(tiny_argv(data_prefix, tmp_path, "--train-iters", "3", "--save", str(ck), "--save-interval", "1",
+                  "--keep-last", "2", "--bf16"))
+    assert sorted(os.listdir(ck)) == ["iter_0000002", "iter_0000003", "latest", "logs"]
+    assert open(ck / "latest").read() == "iter_0000003"
+    r = CheckpointReader(find_checkpoint(str(ck)))
+    assert r.meta["state"]["iteration"] == 3 and r.meta["config"]["optim"]["bf16"] is True
+    assert r.tensors["layers.0.mlp.linear_fc1.weight"]["dtype"] == "bfloat16"
+    assert r.tensors["optim.master.layers.0.mlp.linear_fc1.weight"]["dtype"] == "float32"
+    assert os.path.isfile(os.path.join(r.path, "tokenizer.model"))
+    # a planted pickle is refused
+    torch.save({"x": 1}, os.path.join(r.path, "evil.pt"))
+    with pytest.raises(CheckpointError, match="refusing to load a pickle"):
+        CheckpointReader(r.path)
+    os.remove(os.path.join(r.path, "evil.pt"))
+    # a metadata path leaving the directory is refused
+    meta = json.load(open(os.path.join(r.path, "metadata.json")))
+    meta["tensors"]["layers.0.mlp.linear_fc1.weight"]["slices"][0]["file"] = "../../x.safetensors"
+    json.dump(meta, open(os.path.join(r.path, "metadata.json"), "w"))
+    with pytest.raises(CheckpointError, match="points outside the checkpoint"):
+        CheckpointReader(r.path)
+    # an unfinished save (tmp dir) is ignored; latest still loads
+    os.makedirs(ck / "iter_0000004.tmp")
+    assert find_checkpoint(str(ck)).endswith("iter_0000003")
+
+
+def test_non_finite_loss_is_skipped_then_aborts(data_prefix, tmp_path, monkeypatch):
+    real = pt.forward_backward
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] in (2, 4, 5, 6) else out
+
+    monkeypatch.setattr(pt, "forward_backward", flaky)
+    logs = []
+    with pytest.raises(pt.TrainingAborted, match="3 consecutive iterations"):
+        run(tiny_argv(data_prefix, tmp_path, "--train-iters", "10", "--max-skipped-iters", "3"), logs)
+    skipped = [l for l in logs if "skipped the update" in l]
+    assert [l.split(":")[0] for l in skipped] == ["iter 2", "iter 4", "iter 5", "iter 6"]
+
+
+def test_fp16_overflow_in_the_loop(data_prefix, tmp_path, monkeypatch):
+    real = pt.forward_backward
+
+    def overflow_once(model, micro, ntok, scale, device):
+        out = real(model, micro, ntok, scale, device)
+        if not hasattr(overflow_once, "done"):
+            overflow_once.done = True
+            next(model.parameters()).grad.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(pt, "forward_backward", overflow_once)
+    res = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "3", "--fp16", "--hysteresis", "1",
+                        "--initial-loss-scale", "1024", "--save", str(tmp_path / "ck")))
+    assert res["state"]["skipped_iters"] == 1
+    meta = CheckpointReader(find_checkpoint(str(tmp_path / "ck"))).meta
+    assert meta["optimizer"]["loss_scaler"]["scale"] == 512.0
+    assert all(math.isfinite(x) for x in res["losses"])
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "pretrain_gpt.py", "--hidden-size", "30", "--num-attention-heads", "4"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --hidden-size 30 is not divisible by --num-attention-heads 4"
+    helped = subprocess.run([sys.executable, "pretrain_gpt.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert "RoPE theta" in helped.stdout and "--use-distributed-optimizer" in helped.stdout
+
+
+def test_generate_tool(data_prefix, tmp_path):
+    ck = tmp_path / "ck"
+    run(tiny_argv(data_prefix, tmp_path, "--train-iters", "2", "--save", str(ck)))
+    out = subprocess.run([sys.executable, "tools/generate.py", "--load", str(ck), "--prompt", "สวัสดี",
+                          "--max-new-tokens", "5", "--ids"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text, ids = out.stdout.strip().splitlines()[-2:]
+    assert text.startswith("สวัสดี") and 1 <= len(json.loads(ids)) <= 5
+    bad = subprocess.run([sys.executable, "tools/generate.py", "--load", str(tmp_path / "nothing"), "--prompt", "x"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and f"--load {tmp_path / 'nothing'}: no complete checkpoint there" in bad.stderr
