@@ -1,24 +1,46 @@
-// Data kernels of megatron_th: pure functions over raw arrays (no Python, no torch), so the
-// pybind11 module (module.cpp) and any future CUDA wrapper share them.
+// Data kernels of megatron_th: plain functions over raw arrays (no Python, no torch), so the
+// pybind11 module (module.cpp) and any future CUDA/other wrapper share them. Functions that can
+// fail return "" on success or a human-readable error message; the wrapper turns it into an
+// exception. All arrays are C-contiguous; the caller owns every buffer.
 #pragma once
 #include <cstdint>
 #include <string>
 
 namespace mth {
 
-// Sample index: out[2*i], out[2*i+1] = (position in doc_idx, token offset) of the document that
-// holds stream token i*seq_length, for i in [0, num_samples]. Returns "" or an error message.
-std::string build_sample_idx(const int32_t* sizes, int64_t n_sizes, const int64_t* doc_idx, int64_t n_docs,
-                             int64_t seq_length, int64_t num_samples, int64_t* out);
+// ---- sample index (sample_index.cpp) ----------------------------------------------------------
+// The token stream is documents doc_idx[0], doc_idx[1], ... back to back (empty ones hold no
+// token). Sample i is stream tokens [i*seq_length, i*seq_length + seq_length] (inclusive), so
+// consecutive samples share one token.
 
-// Greedy blending: sample i comes from argmax_d weights[d]*max(i,1) - taken[d] (lowest d on ties).
-// weights must already be normalised.
+// Validates the request: seq_length > 0, num_samples >= 0, every doc_idx entry in [0, n_sizes),
+// no negative size, and at least num_samples*seq_length + 1 tokens in the stream. Writes the
+// stream length to *total_tokens (if not null) when the ids and sizes are valid.
+std::string check_sample_idx(const int32_t* sizes, int64_t n_sizes, const int64_t* doc_idx, int64_t n_docs,
+                             int64_t seq_length, int64_t num_samples, int64_t* total_tokens);
+
+// out[2*i], out[2*i+1] = (position p in doc_idx, offset o in document doc_idx[p]) of stream
+// token i*seq_length, for i in [0, num_samples]; out holds 2*(num_samples+1) entries. Every row
+// points at a real token (0 <= o < sizes[doc_idx[p]]). Requires check_sample_idx(...) == "".
+void build_sample_idx(const int32_t* sizes, const int64_t* doc_idx, int64_t seq_length, int64_t num_samples,
+                      int64_t* out);
+
+// ---- blending (blending.cpp) ------------------------------------------------------------------
+// Checks 1 <= n <= 32767 weights, all finite and >= 0 with a positive sum, and writes
+// weights / sum (summed left to right) to normalized[0..n).
+std::string normalize_blending_weights(const double* weights, int64_t n, double* normalized);
+
+// Greedy blending: output i comes from d = argmax_d weights[d]*max(i,1) - taken[d] (lowest d on
+// ties); dataset_index[i] = d, dataset_sample_index[i] = taken[d]++. weights: normalized.
 void build_blending_indices(const double* weights, int64_t n, int64_t size, int16_t* dataset_index,
                             int64_t* dataset_sample_index);
 
-// Packed-sequence metadata for tokens [b, s]: position ids (restarting after EOD if asked),
-// loss mask (0 at EOD inputs if asked), document boundaries in THD layout. cu_seqlens must have
-// room for b*s + 1 entries; returns how many were written.
+// ---- packed sequences (packing.cpp) -----------------------------------------------------------
+// Metadata of tokens [b, s] (s > 0) packed with EOD separators; an EOD closes its document.
+// position_ids [b, s]: 0..s-1 per row, restarting at 0 after each EOD if reset_position_ids.
+// loss_mask [b, s]: 1, or 0 where tokens == eod if eod_mask_loss. cu_seqlens: THD boundaries
+// 0, (r*s + j + 1 for each EOD at j < s-1), r*s + s per row; needs room for b*s + 1 entries
+// (b*s must fit int32). Returns the number of entries written.
 int64_t packed_metadata(const int64_t* tokens, int64_t b, int64_t s, int64_t eod, bool reset_position_ids,
                         bool eod_mask_loss, int64_t* position_ids, float* loss_mask, int32_t* cu_seqlens);
 

@@ -128,3 +128,24 @@ def test_missing_input_and_bad_extension(tmp_path, tokenizer_model):
     with pytest.raises(ValueError, match="unsupported format"):
         _run(["--input", str(tmp_path / "x.csv"), "--tokenizer-model", tokenizer_model,
               "--output-prefix", str(tmp_path / "o")])
+
+
+def test_shipped_dirty_records(tmp_path, tokenizer_model, corpus_dir):
+    """The realistic dirty file: empties are skipped and counted; the rest is kept byte-exact
+    (cleaning and dedup are separate steps; preprocessing never silently drops text)."""
+    path = os.path.join(corpus_dir, "dirty.jsonl")
+    recs = [json.loads(l) for l in open(path, encoding="utf-8")]
+    kinds = {r["dirty"] for r in recs}
+    assert {"footer_boilerplate", "exact_duplicate", "near_duplicate", "empty", "zero_width"} <= kinds
+    s, _ = _run(["--input", path, "--tokenizer-model", tokenizer_model, "--output-prefix", str(tmp_path / "d"),
+                 "--append-eod", "--quiet"])
+    empties = sum(1 for r in recs if not r["text"].strip())
+    assert empties == 3 and s["skipped_empty_text"] == empties
+    assert s["docs_written_text"] == len(recs) - empties
+    tok = load_tokenizer(tokenizer_model)
+    kept = [r["text"] for r in recs if r["text"].strip()]
+    ds = IndexedDataset(tmp_path / "d_text_document")
+    for i, text in enumerate(kept):
+        assert list(ds[i]) == tok.encode(text) + [tok.eod]
+    zw = next(r["text"] for r in recs if r["dirty"] == "zero_width")
+    assert "\u200b" not in tok.decode(tok.encode(zw))  # zero-width spaces are dropped by the tokenizer

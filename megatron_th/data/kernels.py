@@ -1,25 +1,37 @@
-"""The data kernels: C++ (``megatron_th._C``, built at install time) with a numpy fallback.
+"""The data kernels: C++ (``megatron_th._C``, built by ``pip install -e .``) with a numpy fallback.
 
-The fallback exists so a source checkout still works before ``pip install -e .``; it is slower
-(the sample index by far) and warns once. Tests require the C++ module.
+The fallback keeps a source checkout usable before the extension is built; it is much slower
+(the sample index and blending above all) and warns once, at import. ``HAVE_CPP`` says which
+one is in use. Tests require the C++ module. The numpy references are always available as
+``kernels_ref.build_sample_idx`` (alias ``build_sample_idx_ref``) etc., and re-exported here.
 """
 from __future__ import annotations
 
 import warnings
 
 from megatron_th.data import kernels_ref
+from megatron_th.data.kernels_ref import (  # noqa: F401  (re-exported)
+    build_blending_indices_ref,
+    build_sample_idx_ref,
+    packed_metadata_ref,
+)
+
+__all__ = ["HAVE_CPP", "build_sample_idx", "build_blending_indices", "packed_metadata",
+           "build_sample_idx_ref", "build_blending_indices_ref", "packed_metadata_ref"]
 
 try:
     from megatron_th import _C
 
-    HAVE_CPP = True
     build_sample_idx = _C.build_sample_idx
     build_blending_indices = _C.build_blending_indices
     packed_metadata = _C.packed_metadata
-except ImportError as e:  # pragma: no cover - exercised only without a build
+    HAVE_CPP = True
+except (ImportError, AttributeError) as e:  # missing, stale or ABI-incompatible build
     HAVE_CPP = False
-    warnings.warn(f"megatron_th._C is not built ({e}); using the slower numpy data kernels. "
-                  "Build it with `pip install -e .`", stacklevel=2)
+    warnings.warn(f"megatron_th._C is unavailable ({type(e).__name__}: {e}); using the slower numpy "
+                  "data kernels. Build the C++ extension with `pip install -e .` (or "
+                  "`python setup.py build_ext --inplace`) from the repository root.",
+                  RuntimeWarning, stacklevel=2)
     build_sample_idx = kernels_ref.build_sample_idx
     build_blending_indices = kernels_ref.build_blending_indices
     packed_metadata = kernels_ref.packed_metadata

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -108,9 +109,7 @@ def _varlen_plan(cu: tuple, s: int, width: int):
     for start, end in zip(cu, cu[1:]):
         by_len.setdefault(end - start, []).append(start)
     lens = sorted(by_len)
-    count = [0]
-    for n in lens:
-        count.append(count[-1] + len(by_len[n]))
+    count = [0, *itertools.accumulate(len(by_len[n]) for n in lens)]  # documents in lens[:j]
     call = _CALL_COST * 512 / width
     best, cut = [0.0], [0]  # best[j]: cheapest grouping of lens[:j]; last group is lens[cut[j]:j]
     for j in range(1, len(lens) + 1):
@@ -158,8 +157,7 @@ def _require_cuda(name, package, q):
         raise RuntimeError(f"attention backend {name!r} needs CUDA tensors and the {package} "
                            f"package; got tensors on {q.device}")
     if importlib.util.find_spec(package) is None:
-        raise ImportError(f"attention backend {name!r} needs the {package} package, which is not "
-                          "installed")
+        raise ImportError(f"attention backend {name!r} needs the {package} package (not installed)")
 
 
 @functools.cache
@@ -249,13 +247,12 @@ def attention(q, k, v, *, cu_seqlens=None, dropout_p=0.0, backend="auto", scale=
     if fn is None:
         raise UnknownBackendError(f"unknown attention backend {backend!r}; available: "
                                   f"{', '.join(BACKENDS)}")
-    b, nq, s, hd = q.shape
-    if k.shape != v.shape or k.dim() != 4 or (k.shape[0], k.shape[2], k.shape[3]) != (b, s, hd) \
-            or nq % k.shape[1]:
+    if (q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[1] % k.shape[1]
+            or (k.shape[0], *k.shape[2:]) != (q.shape[0], *q.shape[2:])):
         raise ValueError(f"expected q [b, nq, s, hd] and k, v [b, nkv, s, hd] with nq % nkv == 0; "
                          f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if cu_seqlens is not None:
         if cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point():
             raise ValueError("cu_seqlens must be a 1-D integer (int32) tensor")
-        _check_cu(tuple(cu_seqlens.tolist()), b, s)
+        _check_cu(tuple(cu_seqlens.tolist()), q.shape[0], q.shape[2])
     return fn(q, k, v, cu_seqlens, dropout_p, scale)

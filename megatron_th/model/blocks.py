@@ -12,6 +12,8 @@ Layouts that conversion and TP rely on:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,14 +62,16 @@ class SelfAttention(nn.Module):
         self.dropout_p = cfg.attention_dropout
         self.backend = cfg.attention_backend
         self.recompute_core = cfg.recompute_granularity == "selective"
+        self.sharded_rng = contextlib.nullcontext  # set from outside under tensor parallelism
 
     def _core(self, q, k, v, cu_seqlens):
-        return attention(q, k, v, cu_seqlens=cu_seqlens, backend=self.backend,
+        with self.sharded_rng():  # heads are split over TP: dropout must differ per shard
+            return attention(q, k, v, cu_seqlens=cu_seqlens, backend=self.backend,
                          dropout_p=self.dropout_p if self.training else 0.0)
 
     def forward(self, x, rope=None, cu_seqlens=None):
-        b, s, _ = x.shape
-        qkv = self.linear_qkv(x)
+        qkv = self.linear_qkv(x)  # under sequence parallelism x is a shard; qkv is the full sequence
+        b, s = qkv.shape[:2]
         groups = qkv.shape[-1] // ((self.q_per_group + 2) * self.hd)  # local groups under TP
         qkv = qkv.view(b, s, groups, self.q_per_group + 2, self.hd)
         q = qkv[:, :, :, : self.q_per_group].reshape(b, s, groups * self.q_per_group, self.hd).transpose(1, 2)
@@ -111,8 +115,15 @@ class TransformerLayer(nn.Module):
         self.pre_mlp_layernorm = make_norm(cfg, cfg.hidden_size)
         self.mlp = MLP(cfg)
         self.hidden_dropout = cfg.hidden_dropout
+        # dropout of the residual stream: replicated over TP (same mask everywhere) unless sequence
+        # parallelism shards it, then parallelize sets a per-TP-rank RNG context here
+        self.sharded_rng = contextlib.nullcontext
 
     def forward(self, x, rope=None, cu_seqlens=None):
         p = self.hidden_dropout if self.training else 0.0
-        x = x + F.dropout(self.self_attention(self.input_layernorm(x), rope, cu_seqlens), p, self.training)
-        return x + F.dropout(self.mlp(self.pre_mlp_layernorm(x)), p, self.training)
+        attn = self.self_attention(self.input_layernorm(x), rope, cu_seqlens)
+        with self.sharded_rng():
+            x = x + F.dropout(attn, p, self.training)
+        mlp = self.mlp(self.pre_mlp_layernorm(x))
+        with self.sharded_rng():
+            return x + F.dropout(mlp, p, self.training)

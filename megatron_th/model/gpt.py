@@ -32,6 +32,21 @@ class Embedding(nn.Module):
         return F.dropout(x, self.dropout, self.training)
 
 
+class LMHead(nn.Module):
+    """Logits over the true vocabulary (padding dropped) or the per-token loss. Holds no weights:
+    the weight is the (tied) embedding or the output layer. Parallelism swaps this module."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, x, weight, labels=None):
+        logits = F.linear(x, weight)[..., : self.vocab_size]
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+
+
 class GPTModel(nn.Module):
     def __init__(self, cfg, vocab_size: int, layer_range: tuple[int, int] | None = None,
                  pre_process: bool = True, post_process: bool = True):
@@ -50,6 +65,7 @@ class GPTModel(nn.Module):
             self.final_norm = make_norm(cfg, cfg.hidden_size)
             if not self.tied:
                 self.output_layer = nn.Linear(cfg.hidden_size, self.padded_vocab_size, bias=False)
+            self.lm_head = LMHead(vocab_size)
         self.recompute_full = cfg.recompute_granularity == "full"
 
     def head_weight(self) -> torch.Tensor:
@@ -81,11 +97,7 @@ class GPTModel(nn.Module):
                 x = layer(x, rope, cu_seqlens)
         if not self.post_process:
             return x
-        x = self.final_norm(x)
-        logits = F.linear(x, self.head_weight())[..., : self.vocab_size]
-        if labels is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(b, s)
+        return self.lm_head(self.final_norm(x), self.head_weight(), labels)
 
 
 def build_model(cfg, vocab_size: int, seed: int, device="cpu", dtype=torch.float32, **stage) -> GPTModel:

@@ -61,23 +61,23 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def shard_entries(rank: int, tensors: dict) -> tuple[dict, dict]:
-    """tensors: name -> (local tensor, full shape, offset). Returns (safetensors dict, slice index)."""
+def shard_entries(rank: int, pieces: list) -> tuple[dict, list]:
+    """pieces: [(name, local tensor, full shape, offset)]. Returns (safetensors dict, slice index)."""
     fname = f"shard_{rank:05d}.safetensors"
-    payload, index = {}, {}
-    for name, (t, full_shape, offset) in tensors.items():
+    payload, index = {}, []
+    for name, t, full_shape, offset in pieces:
         key = f"{name}@{','.join(map(str, offset))}"
         payload[key] = t.detach().to("cpu").contiguous()
-        index[name] = {"shape": list(full_shape), "dtype": str(t.dtype).replace("torch.", ""),
-                       "slice": {"file": fname, "key": key, "offset": list(offset), "shape": list(t.shape)}}
+        index.append((name, {"shape": list(full_shape), "dtype": str(t.dtype).replace("torch.", ""),
+                             "slice": {"file": fname, "key": key, "offset": list(offset), "shape": list(t.shape)}}))
     return payload, index
 
 
-def merge_indices(indices: list[dict]) -> dict:
+def merge_indices(indices: list[list]) -> dict:
     """Per-rank slice indices -> {name: {shape, dtype, slices: [...]}}; duplicates dropped."""
     out = {}
     for idx in indices:
-        for name, e in idx.items():
+        for name, e in idx:
             entry = out.setdefault(name, {"shape": e["shape"], "dtype": e["dtype"], "slices": []})
             if entry["shape"] != e["shape"]:
                 raise CheckpointError(f"{name}: ranks disagree on its shape {entry['shape']} vs {e['shape']}")
@@ -102,8 +102,8 @@ class CheckpointWriter:
             shutil.rmtree(self.tmp)
         os.makedirs(self.tmp)
 
-    def write_shard(self, rank: int, tensors: dict) -> dict:
-        payload, index = shard_entries(rank, tensors)
+    def write_shard(self, rank: int, pieces: list) -> list:
+        payload, index = shard_entries(rank, pieces)
         path = os.path.join(self.tmp, f"shard_{rank:05d}.safetensors")
         save_file(payload, path)
         _fsync_file(path)

@@ -122,15 +122,24 @@ class MixedPrecisionOptimizer:
         return True, norm
 
     # -- checkpoint view: logical name -> tensor ------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
+    def state_keys(self) -> list[tuple[str, str]]:
+        """(checkpoint key, parameter name) of every optimizer tensor this optimizer can hold."""
+        out = []
+        for n, p, m in zip(self.names, self.params, self.masters):
+            out += [(f"optim.exp_avg.{n}", n), (f"optim.exp_avg_sq.{n}", n)]
+            if m is not p:
+                out.append((f"optim.master.{n}", n))
+        return out
+
+    def state_tensors(self) -> list[tuple[str, torch.Tensor, str]]:
+        """(checkpoint key, tensor, parameter name); tensors have their parameter's shape."""
+        out = []
         for n, p, m in zip(self.names, self.params, self.masters):
             st = self.opt.state.get(m, {})
             if "exp_avg" in st:
-                out[f"optim.exp_avg.{n}"] = st["exp_avg"]
-                out[f"optim.exp_avg_sq.{n}"] = st["exp_avg_sq"]
+                out += [(f"optim.exp_avg.{n}", st["exp_avg"], n), (f"optim.exp_avg_sq.{n}", st["exp_avg_sq"], n)]
             if m is not p:
-                out[f"optim.master.{n}"] = m
+                out.append((f"optim.master.{n}", m, n))
         return out
 
     def state_meta(self) -> dict:

@@ -14,7 +14,12 @@ from megatron_th.data.gpt_dataset import BlendedDataset, build_datasets
 from megatron_th.data.loader import PretrainingLoader
 from megatron_th.data.tokenizer import load_tokenizer
 from megatron_th.model.flops import flops_per_iteration
-from megatron_th.model.gpt import build_model
+from megatron_th.model.gpt import GPTModel, build_model
+from megatron_th.model.parallelize import parallelize
+from megatron_th.parallel import comm
+from megatron_th.parallel.grads import finalize_grads, norm_weights, sq_norm_reducer
+from megatron_th.parallel.groups import ParallelGroups, init_distributed
+from megatron_th.parallel.rng import stage_seed
 from megatron_th.training.checkpoint import find_checkpoint
 from megatron_th.training.metrics import MetricsLogger, peak_tflops
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
@@ -73,43 +78,64 @@ def evaluate(cfg, model, dataset, tokenizer, device) -> dict:
     return {"lm_loss": total, "ppl": math.exp(min(total, 50.0)), "per_source": per}
 
 
+def build_stage(cfg, vocab_size: int, groups, device, dtype):
+    """This rank's model: the plain seeded model, TP-sharded from outside when TP > 1."""
+    if groups.tp == 1:
+        return build_model(cfg.model, vocab_size, cfg.train.seed, device=device, dtype=dtype)
+    with torch.device("meta"):
+        model = GPTModel(cfg.model, vocab_size)
+    return parallelize(model, groups, cfg.model, cfg.train.seed, cfg.parallel.sequence_parallel, dtype, device)
+
+
 def pretrain(cfg, log=print) -> dict:
     """Runs training as configured; returns a summary (final state, last losses)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world, device = init_distributed(cfg.parallel.distributed_backend)
     finalize(cfg, world)
-    if world > 1:
-        raise ConfigError(f"world size {world}: tensor, pipeline and data parallelism are not available "
-                          "in this build yet; run with --nproc-per-node 1")
+    p = cfg.parallel
+    groups = ParallelGroups.build(p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
+    for grp, name in ((groups.tp_group, "tp"), (groups.dp_group, "dp"), (groups.pp_group, "pp"),
+                      (groups.mp_group, "mp"), (groups.embd_group, "embd"), (groups.world_group, "world")):
+        comm.GROUP_NAMES.setdefault(grp, name)
+    if groups.pp > 1 or groups.dp > 1:
+        raise ConfigError(f"world size {world} gives PP {groups.pp} x DP {groups.dp}: pipeline and data "
+                          "parallelism are not available in this build yet; use "
+                          "--tensor-model-parallel-size equal to the number of processes")
+    is_logger = groups.tp_rank == 0 and groups.dp_rank == 0 and groups.is_last_stage
+    if not is_logger:
+        log = lambda *a, **k: None  # noqa: E731
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prec, dtype = precision(cfg)
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
     tokenizer, tok_path, datasets = setup_data(cfg, log)
-    model = build_model(m, tokenizer.vocab_size, t.seed, device=device, dtype=dtype)
+    model = build_stage(cfg, tokenizer.vocab_size, groups, device, dtype)
     if t.compile:
         model = torch.compile(model)
-    named = [(n.replace("_orig_mod.", ""), p) for n, p in model.named_parameters()]
+    core = getattr(model, "_orig_mod", model)
+    named = list(core.named_parameters())
     optimizer = MixedPrecisionOptimizer(named, o)
+    optimizer.norm_weight = norm_weights(named, groups)
+    optimizer.reduce_sq_norm = sq_norm_reducer(groups)
+    params = [p_ for _, p_ in named]
     schedule = LRSchedule.from_config(o)
     state = {"iteration": 0, "consumed_samples": 0, "skipped_iters": 0}
-    torch.manual_seed(t.seed)
+    torch.manual_seed(stage_seed(t.seed, groups.pp_rank))
     if t.load and find_checkpoint(t.load) is None:
         log(f"note: --load {t.load} holds no complete checkpoint yet; starting from scratch")
     elif t.load:
         reader = open_checkpoint(t.load)
-        state.update(load_state(reader, getattr(model, "_orig_mod", model), optimizer))
+        state.update(load_state(reader, core, optimizer, groups))
         log(f"resumed from {reader.path} at iteration {state['iteration']} "
             f"({state['consumed_samples']} samples consumed)")
-    nparams = sum(p.numel() for p in model.parameters())
-    log(f"model: {nparams / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
-        f"{getattr(model, '_orig_mod', model).padded_vocab_size}), {prec} on {device}")
+    nparams = sum(p_.numel() for p_ in core.parameters())
+    log(f"model: {nparams * groups.tp / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
+        f"{core.padded_vocab_size}), {prec} on {device}, TP {groups.tp} PP {groups.pp} DP {groups.dp}")
     loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"])
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
-    metrics = MetricsLogger(log_dir, True, t.train_iters, t.tensorboard_dir)
-    flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size)
+    metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir)
+    flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size) / world  # per device
     peak = peak_tflops(prec, device.type, t.peak_tflops)
-    consecutive_skips, losses, last_save = 0, [], None
+    consecutive_skips, losses, gnorms, last_save = 0, [], [], None
     window = {"loss": 0.0, "tokens": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0}
     model.train()
     while state["iteration"] < t.train_iters:
@@ -118,6 +144,7 @@ def pretrain(cfg, log=print) -> dict:
         micro = loader.next_global_batch()
         ntok = float(count_loss_tokens(micro))
         loss_sum = forward_backward(model, micro, max(ntok, 1.0), optimizer.loss_scale, device)
+        finalize_grads(params, groups)
         loss = float(loss_sum) / max(ntok, 1.0)
         lr = schedule.lr_at(it)
         if math.isfinite(loss):
@@ -137,6 +164,7 @@ def pretrain(cfg, log=print) -> dict:
                 raise TrainingAborted(f"{consecutive_skips} consecutive iterations had a non-finite loss or "
                                       f"gradient (last loss {loss}); stopping. Lower --lr, use --bf16, or check the data.")
         losses.append(loss)
+        gnorms.append(gnorm)
         dt = time.perf_counter() - t0
         window["loss"] += loss if math.isfinite(loss) else 0.0
         window["gnorm"] += gnorm if math.isfinite(gnorm) else 0.0
@@ -156,12 +184,12 @@ def pretrain(cfg, log=print) -> dict:
             ev = evaluate(cfg, model, datasets["valid"], tokenizer, device)
             metrics.eval(dict(ev, iteration=it, consumed_samples=state["consumed_samples"]))
         if t.save and t.save_interval and it % t.save_interval == 0:
-            last_save = save_state(cfg, getattr(model, "_orig_mod", model), optimizer, dict(state), tok_path, t.keep_last)
+            last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
             log(f"saved {last_save}")
     if t.save and (last_save is None or not last_save.endswith(f"{state['iteration']:07d}")):
-        last_save = save_state(cfg, getattr(model, "_orig_mod", model), optimizer, dict(state), tok_path, t.keep_last)
+        last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
         log(f"saved {last_save}")
-    return {"state": state, "losses": losses, "checkpoint": last_save, "model": model}
+    return {"state": state, "losses": losses, "grad_norms": gnorms, "checkpoint": last_save, "model": model, "groups": groups}
 
 
 def main(argv=None) -> int:

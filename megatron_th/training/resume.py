@@ -2,48 +2,83 @@
 
 State = model tensors (logical names), optimizer moments and fp32 masters (``optim.*``), RNG
 states (``rng.<rank>.*``), and JSON metadata: iteration, consumed samples, skipped steps, loss
-scaler, optimizer step, config, layout. Restoring it reproduces an uninterrupted run bitwise.
+scaler, optimizer step, config, layout. Each rank writes the slices it owns (TP shards; replicated
+tensors once), and each rank reads back exactly the regions its own layout needs, so a checkpoint
+saved at one TP size loads at another. At the same layout a resumed run is bitwise identical.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
+from megatron_th.parallel.layers import shard_offsets
 from megatron_th.training.checkpoint import CheckpointReader, CheckpointWriter, find_checkpoint
 
 
-def _full(t: torch.Tensor):
-    return (t, tuple(t.shape), (0,) * t.dim())
+class _Single:
+    """The layout of a single process (no groups)."""
+    tp, pp, dp, tp_rank, pp_rank, dp_rank, rank = 1, 1, 1, 0, 0, 0, 0
+    world_group = None
 
 
-def rng_tensors(rank: int) -> dict:
-    out = {f"rng.{rank}.cpu": torch.get_rng_state()}
+def _layout(p, groups):
+    """(logical shape, [(offset, shape)] regions, tp_dim, chunks) of parameter p on this rank."""
+    tp_dim, chunks = getattr(p, "tp_dim", None), getattr(p, "tp_chunks", 1)
+    full = list(p.shape)
+    if tp_dim is not None:
+        full[tp_dim] *= groups.tp
+    return full, shard_offsets(full, tp_dim, groups.tp_rank, groups.tp, chunks), tp_dim, chunks
+
+
+def _pieces(name, t, p, groups):
+    full, regions, tp_dim, chunks = _layout(p, groups)
+    if tp_dim is None and groups.tp_rank != 0:
+        return []  # replicated: TP rank 0 writes it
+    parts = t.chunk(chunks, dim=tp_dim) if tp_dim is not None and chunks > 1 else [t]
+    return [(name, part, full, off) for part, (off, _) in zip(parts, regions)]
+
+
+def rng_tensors(rank: int, model=None) -> list:
+    out = [(f"rng.{rank}.cpu", torch.get_rng_state())]
     if torch.cuda.is_available():
-        out[f"rng.{rank}.cuda"] = torch.cuda.get_rng_state()
-    return out
+        out.append((f"rng.{rank}.cuda", torch.cuda.get_rng_state()))
+    if model is not None and getattr(model, "tp_rng", None) is not None:
+        out.append((f"rng.{rank}.tp", model.tp_rng.state))
+    return [(n, t, list(t.shape), (0,) * t.dim()) for n, t in out]
 
 
-def set_rng(reader: CheckpointReader, rank: int) -> bool:
-    name = f"rng.{rank}.cpu"
-    if name not in reader.tensors:
-        return False
-    torch.set_rng_state(reader.read(name))
-    if torch.cuda.is_available() and f"rng.{rank}.cuda" in reader.tensors:
-        torch.cuda.set_rng_state(reader.read(f"rng.{rank}.cuda"))
-    return True
-
-
-def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, keep_last=None) -> str:
-    """Single-process save (every tensor whole). Returns the checkpoint directory."""
-    tensors = {n: _full(p) for n, p in model.named_parameters()}
-    tensors.update({n: _full(t) for n, t in optimizer.state_tensors().items()})
-    tensors.update({n: _full(t) for n, t in rng_tensors(0).items()})
+def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, keep_last=None, groups=None) -> str:
+    """Every rank calls this; returns the checkpoint directory."""
+    groups = groups or _Single()
+    distributed = dist.is_initialized() and groups.world_group is not None
     writer = CheckpointWriter(cfg.train.save, state["iteration"])
-    writer.prepare()
-    index = writer.write_shard(0, tensors)
-    meta = {"state": state, "optimizer": optimizer.state_meta(), "config": cfg.to_dict(),
-            "layout": {"tp": 1, "pp": 1, "dp": 1}, "tokenizer": "tokenizer.model" if tokenizer_path else None}
-    files = {"tokenizer.model": tokenizer_path} if tokenizer_path else {}
-    return writer.commit([index], meta, files, keep_last)
+    if groups.rank == 0:
+        writer.prepare()
+    if distributed:
+        dist.barrier()
+    pieces = []
+    params = dict(model.named_parameters())
+    if groups.dp_rank == 0:
+        for n, p in params.items():
+            pieces += _pieces(n, p, p, groups)
+        for key, t, pname in optimizer.state_tensors():
+            pieces += _pieces(key, t, params[pname], groups)
+    pieces += rng_tensors(groups.rank, model)
+    index = writer.write_shard(groups.rank, pieces)
+    indices = [index]
+    if distributed:
+        indices = [None] * dist.get_world_size()
+        dist.all_gather_object(indices, index)
+    path = writer.final
+    if groups.rank == 0:
+        meta = {"state": state, "optimizer": optimizer.state_meta(), "config": cfg.to_dict(),
+                "layout": {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp},
+                "tokenizer": "tokenizer.model" if tokenizer_path else None}
+        files = {"tokenizer.model": tokenizer_path} if tokenizer_path else {}
+        path = writer.commit(indices, meta, files, keep_last)
+    if distributed:
+        dist.barrier()
+    return path
 
 
 def open_checkpoint(load_dir: str, iteration: int | None = None) -> CheckpointReader:
@@ -54,21 +89,40 @@ def open_checkpoint(load_dir: str, iteration: int | None = None) -> CheckpointRe
     return CheckpointReader(path)
 
 
+def _read_local(reader, name, p, groups) -> torch.Tensor:
+    if name not in reader.tensors:
+        raise KeyError(f"{reader.path}: checkpoint has no tensor {name!r} for this model")
+    full, regions, tp_dim, _ = _layout(p, groups)
+    if reader.shape(name) != full:
+        raise ValueError(f"{reader.path}: {name} has shape {reader.shape(name)}, the model wants {full}")
+    parts = [reader.read(name, off, shp) for off, shp in regions]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=tp_dim)
+
+
 @torch.no_grad()
-def load_model(reader: CheckpointReader, model) -> None:
+def load_model(reader: CheckpointReader, model, groups=None) -> None:
+    groups = groups or _Single()
     for name, p in model.named_parameters():
-        if name not in reader.tensors:
-            raise KeyError(f"{reader.path}: checkpoint has no tensor {name!r} for this model")
-        if list(p.shape) != reader.shape(name):
-            raise ValueError(f"{reader.path}: {name} has shape {reader.shape(name)}, the model wants {list(p.shape)}")
-        p.copy_(reader.read(name))
+        p.copy_(_read_local(reader, name, p, groups))
 
 
-def load_state(reader: CheckpointReader, model, optimizer, rank: int = 0) -> dict:
-    """Restores model, optimizer (if saved) and RNG; returns the saved training state dict."""
-    load_model(reader, model)
+def load_state(reader: CheckpointReader, model, optimizer, groups=None) -> dict:
+    """Restores model, optimizer (if saved) and, at the same layout, RNG; returns the saved state."""
+    groups = groups or _Single()
+    load_model(reader, model, groups)
     if optimizer is not None and "optimizer" in reader.meta:
-        names = [n for n in reader.tensors if n.startswith("optim.")]
-        optimizer.load_state({n: reader.read(n) for n in names}, reader.meta["optimizer"])
-    set_rng(reader, rank)
+        params = dict(model.named_parameters())
+        tensors = {}
+        for key, pname in optimizer.state_keys():
+            if key in reader.tensors:
+                tensors[key] = _read_local(reader, key, params[pname], groups)
+        optimizer.load_state(tensors, reader.meta["optimizer"])
+    same_layout = reader.meta.get("layout") == {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp}
+    r = groups.rank
+    if same_layout and f"rng.{r}.cpu" in reader.tensors:
+        torch.set_rng_state(reader.read(f"rng.{r}.cpu"))
+        if torch.cuda.is_available() and f"rng.{r}.cuda" in reader.tensors:
+            torch.cuda.set_rng_state(reader.read(f"rng.{r}.cuda"))
+        if getattr(model, "tp_rng", None) is not None and f"rng.{r}.tp" in reader.tensors:
+            model.tp_rng.state = reader.read(f"rng.{r}.tp")
     return dict(reader.meta.get("state", {}))

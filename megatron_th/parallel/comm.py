@@ -1,0 +1,188 @@
+"""Collectives with a byte counter, and the autograd-aware TP / sequence-parallel regions.
+
+Every collective and p2p call goes through this module and is recorded as (op, group, bytes) in
+``COUNTER``; tests and benchmarks compare a step's bytes with the analytic volume. Bytes are the
+message size as nccl-tests reports it: the tensor for all-reduce and send/recv, the full
+(gathered) output for all-gather, the full (unreduced) input for reduce-scatter.
+
+Activations are ``[b, s, h]``; sequence parallelism splits dim 1 (the sequence).
+Torch renamed collectives over time (``all_gather_into_tensor`` -> ``all_gather_single``,
+``reduce_scatter_tensor`` -> ``reduce_scatter_single`` in 2.13): ``_AG`` / ``_RS`` below are the
+one compatibility point, so older torch on GPU clusters works too.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+_AG = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_RS = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class ByteCounter:
+    """Per-process record of communication: ``bytes[(op, group_name)]`` and ``calls[...]``."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.bytes = defaultdict(int)
+        self.calls = defaultdict(int)
+
+    def add(self, op: str, group_name: str, nbytes: int):
+        self.bytes[(op, group_name)] += nbytes
+        self.calls[(op, group_name)] += 1
+
+    def total(self, op: str | None = None, group: str | None = None) -> int:
+        return sum(v for (o, g), v in self.bytes.items() if (op is None or o == op) and (group is None or g == group))
+
+
+COUNTER = ByteCounter()
+GROUP_NAMES: dict = {}  # process group -> "tp" / "dp" / "pp" / ... (set by whoever builds groups)
+
+
+def _name(group) -> str:
+    return GROUP_NAMES.get(group, "world" if group is None else "other")
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def size(group) -> int:
+    """Ranks in ``group``; ``None`` means "no group": a single process, no communication."""
+    return dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
+
+
+def rank(group) -> int:
+    return dist.get_rank(group) if group is not None and dist.is_initialized() else 0
+
+
+# -- plain collectives (counted) -----------------------------------------------------------------
+def all_reduce(t: torch.Tensor, group=None, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if size(group) > 1:
+        COUNTER.add("all_reduce", _name(group), _nbytes(t))
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+def all_gather(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
+    n = size(group)
+    if n == 1:
+        return t
+    x = t.movedim(dim, 0).contiguous()
+    out = torch.empty((n * x.shape[0],) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
+    COUNTER.add("all_gather", _name(group), _nbytes(out))
+    _AG(out, x, group=group)
+    return out.movedim(0, dim)
+
+
+def reduce_scatter(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
+    n = size(group)
+    if n == 1:
+        return t
+    x = t.movedim(dim, 0).contiguous()
+    if x.shape[0] % n:
+        raise ValueError(f"reduce_scatter: dim {dim} of size {x.shape[0]} is not divisible by {n} ranks")
+    out = torch.empty((x.shape[0] // n,) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
+    COUNTER.add("reduce_scatter", _name(group), _nbytes(x))
+    _RS(out, x, group=group)
+    return out.movedim(0, dim)
+
+
+def split(t: torch.Tensor, group, dim: int) -> torch.Tensor:
+    """This rank's chunk along ``dim`` (no communication)."""
+    n = size(group)
+    if n == 1:
+        return t
+    if t.shape[dim] % n:
+        raise ValueError(f"cannot split dim {dim} of size {t.shape[dim]} into {n} TP shards")
+    return t.chunk(n, dim=dim)[rank(group)].contiguous()
+
+
+# -- autograd regions ----------------------------------------------------------------------------
+class _CopyToTP(torch.autograd.Function):
+    """Forward: identity. Backward: all-reduce (the input feeds every TP shard)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return all_reduce(g.contiguous(), ctx.group), None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    """Forward: all-reduce of partial sums. Backward: identity."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        return all_reduce(x.contiguous(), group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _GatherFromSP(torch.autograd.Function):
+    """Forward: all-gather along the sequence. Backward: reduce-scatter (every shard's gradient
+    contributions to each sequence chunk are summed on its owner)."""
+
+    @staticmethod
+    def forward(ctx, x, group, dim):
+        ctx.group, ctx.dim = group, dim
+        return all_gather(x, group, dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return reduce_scatter(g, ctx.group, ctx.dim), None, None
+
+
+class _ReduceScatterToSP(torch.autograd.Function):
+    """Forward: reduce-scatter partial sums along the sequence. Backward: all-gather."""
+
+    @staticmethod
+    def forward(ctx, x, group, dim):
+        ctx.group, ctx.dim = group, dim
+        return reduce_scatter(x, group, dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return all_gather(g, ctx.group, ctx.dim), None, None
+
+
+class _ScatterToSP(torch.autograd.Function):
+    """Forward: keep this rank's sequence chunk. Backward: all-gather."""
+
+    @staticmethod
+    def forward(ctx, x, group, dim):
+        ctx.group, ctx.dim = group, dim
+        return split(x, group, dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return all_gather(g, ctx.group, ctx.dim), None, None
+
+
+def copy_to_tp(x, group):
+    return _CopyToTP.apply(x, group) if size(group) > 1 else x
+
+
+def reduce_from_tp(x, group):
+    return _ReduceFromTP.apply(x, group) if size(group) > 1 else x
+
+
+def gather_from_sp(x, group, dim: int = 1):
+    return _GatherFromSP.apply(x, group, dim) if size(group) > 1 else x
+
+
+def reduce_scatter_to_sp(x, group, dim: int = 1):
+    return _ReduceScatterToSP.apply(x, group, dim) if size(group) > 1 else x
+
+
+def scatter_to_sp(x, group, dim: int = 1):
+    return _ScatterToSP.apply(x, group, dim) if size(group) > 1 else x
