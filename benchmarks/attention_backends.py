@@ -5,7 +5,8 @@
 Times "dense" (boolean document mask, the reference), "varlen" (per-document SDPA, with the
 grouping plan cached as it is across the layers of one step), "varlen-cold" (plan rebuilt every
 call: the once-per-step cost) and "sdpa" (plain causal, no document mask: the speed ceiling, it
-does less masking than asked). Prints a table and writes JSON. Makes no assertion on time.
+does less masking than asked). Backends take turns each iteration; the table shows the median.
+Prints a table and writes JSON. Makes no assertion on time.
 """
 from __future__ import annotations
 
@@ -33,26 +34,31 @@ def random_cu_seqlens(batch, seq, docs, gen):
     return torch.tensor(bounds, dtype=torch.int32)
 
 
-def time_backend(name, q, k, v, cu, grad, iters, warmup, cold=False):
+def make_step(name, q, k, v, cu, grad):
+    """One forward+backward of backend `name` ("varlen-cold": varlen with its plan cache cleared)."""
     backend = "varlen" if name == "varlen-cold" else name
     if backend == "sdpa":
         cu = None  # speed ceiling: plain causal, no document mask
 
     def step():
-        if cold:
+        if name == "varlen-cold":
             attn._varlen_plan.cache_clear()
         for x in (q, k, v):
             x.grad = None
-        out = attn.attention(q, k, v, cu_seqlens=cu, backend=backend)
-        out.backward(grad)
+        attn.attention(q, k, v, cu_seqlens=cu, backend=backend).backward(grad)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
+    return step
+
+
+def time_round_robin(steps, iters, warmup):
+    """ms per call of every step; the backends take turns so that load drift hits them alike."""
+    times = {name: [] for name in steps}
+    for i in range(warmup + iters):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
     return times
 
 
@@ -86,11 +92,10 @@ def main(argv=None):
     grad = torch.randn(b, args.heads, s, hd, generator=gen).to(dtype)
     cu = random_cu_seqlens(b, s, args.docs, gen)
 
-    rows = []
-    for name in args.backends.split(","):
-        times = time_backend(name, q, k, v, cu, grad, args.iters, args.warmup, cold=name == "varlen-cold")
-        rows.append({"backend": name, "ms_per_iter": statistics.median(times),
-                     "ms_min": min(times), "ms_mean": statistics.fmean(times)})
+    names = args.backends.split(",")
+    times = time_round_robin({n: make_step(n, q, k, v, cu, grad) for n in names}, args.iters, args.warmup)
+    rows = [{"backend": n, "ms_per_iter": statistics.median(times[n]), "ms_min": min(times[n]),
+             "ms_mean": statistics.fmean(times[n])} for n in names]
     dense = next((r["ms_per_iter"] for r in rows if r["backend"] == "dense"), None)
     for r in rows:
         r["speedup_vs_dense"] = dense / r["ms_per_iter"] if dense else None

@@ -52,6 +52,8 @@ class ParallelConfig:
     tensor_model_parallel_size: int = F(1, "TP size (ranks that split every layer).")
     pipeline_model_parallel_size: int = F(1, "PP size (stages of layers).")
     num_layers_per_virtual_pipeline_stage: Optional[int] = F(None, "Layers per interleaved 1F1B chunk.")
+    decoder_first_pipeline_num_layers: Optional[int] = F(None, "Layers on the first pipeline stage (default: even split).")
+    decoder_last_pipeline_num_layers: Optional[int] = F(None, "Layers on the last pipeline stage (default: even split).")
     sequence_parallel: bool = F(False, "Split norms/dropout along the sequence inside a TP group.")
     use_distributed_optimizer: bool = F(False, "Zero-1: shard optimizer state and master weights over DP.")
     ddp_bucket_size: Optional[int] = F(None, "Gradient bucket size in elements (default: 40M).")
@@ -289,16 +291,25 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
          f"--num-query-groups {m.num_query_groups} is not divisible by --tensor-model-parallel-size {tp}")
     need(m.ffn_hidden_size % tp == 0,
          f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by --tensor-model-parallel-size {tp}")
-    need(m.num_layers % pp == 0,
+    explicit = p.decoder_first_pipeline_num_layers is not None or p.decoder_last_pipeline_num_layers is not None
+    need(explicit or m.num_layers % pp == 0,
          f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    v = 1
     if p.num_layers_per_virtual_pipeline_stage:
-        v = p.num_layers_per_virtual_pipeline_stage
+        per = p.num_layers_per_virtual_pipeline_stage
         need(pp > 1, "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
-        need((m.num_layers // pp) % v == 0,
-             f"--num-layers-per-virtual-pipeline-stage {v} does not divide the {m.num_layers // pp} layers per stage")
+        need(per > 0 and (m.num_layers // pp) % per == 0,
+             f"--num-layers-per-virtual-pipeline-stage {per} does not divide the {m.num_layers // pp} layers per stage")
+        v = (m.num_layers // pp) // per
+    from megatron_th.parallel.stages import layer_ranges  # raises ConfigError naming the flags
+    layer_ranges(m.num_layers, pp, v, p.decoder_first_pipeline_num_layers, p.decoder_last_pipeline_num_layers)
     need(d.global_batch_size % (d.micro_batch_size * dp) == 0,
          f"--global-batch-size {d.global_batch_size} is not divisible by --micro-batch-size "
          f"{d.micro_batch_size} x data-parallel size {dp}")
+    if v > 1:
+        micro = d.global_batch_size // (d.micro_batch_size * dp)
+        need(micro % pp == 0, f"interleaved 1F1B needs micro-batches per step ({micro} = --global-batch-size / "
+             f"(--micro-batch-size x DP)) to be a multiple of --pipeline-model-parallel-size {pp}")
     need(not (o.bf16 and o.fp16), "--bf16 and --fp16 are mutually exclusive")
     need(o.lr >= 0 and o.min_lr >= 0 and o.min_lr <= o.lr, f"--min-lr {o.min_lr} must be in [0, --lr {o.lr}]")
     if o.lr_decay_iters is None:

@@ -94,7 +94,7 @@ def test_checkpoint_layout_and_safety(data_prefix, tmp_path):
 
 
 def test_non_finite_loss_is_skipped_then_aborts(data_prefix, tmp_path, monkeypatch):
-    real = pt.forward_backward
+    real = pt.Stepper.train
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -102,7 +102,7 @@ def test_non_finite_loss_is_skipped_then_aborts(data_prefix, tmp_path, monkeypat
         out = real(*a, **k)
         return out * float("nan") if calls["n"] in (2, 4, 5, 6) else out
 
-    monkeypatch.setattr(pt, "forward_backward", flaky)
+    monkeypatch.setattr(pt.Stepper, "train", flaky)
     logs = []
     with pytest.raises(pt.TrainingAborted, match="3 consecutive iterations"):
         run(tiny_argv(data_prefix, tmp_path, "--train-iters", "10", "--max-skipped-iters", "3"), logs)
@@ -111,16 +111,16 @@ def test_non_finite_loss_is_skipped_then_aborts(data_prefix, tmp_path, monkeypat
 
 
 def test_fp16_overflow_in_the_loop(data_prefix, tmp_path, monkeypatch):
-    real = pt.forward_backward
+    real = pt.Stepper.train
 
-    def overflow_once(model, micro, ntok, scale, device):
-        out = real(model, micro, ntok, scale, device)
+    def overflow_once(self, micro, ntok, scale):
+        out = real(self, micro, ntok, scale)
         if not hasattr(overflow_once, "done"):
             overflow_once.done = True
-            next(model.parameters()).grad.fill_(float("inf"))
+            next(self.chunks[0].parameters()).grad.fill_(float("inf"))
         return out
 
-    monkeypatch.setattr(pt, "forward_backward", overflow_once)
+    monkeypatch.setattr(pt.Stepper, "train", overflow_once)
     res = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "3", "--fp16", "--hysteresis", "1",
                         "--initial-loss-scale", "1024", "--save", str(tmp_path / "ck")))
     assert res["state"]["skipped_iters"] == 1

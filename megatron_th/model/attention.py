@@ -9,7 +9,8 @@ the batch flattened to THD layout (token ``t`` of row ``r`` is flat token ``r * 
 with 0, ends with ``b * s``, is strictly increasing and contains every multiple of ``s``, so no
 document crosses a row. Query token t may attend key token t' iff ``t' <= t`` and both lie in the
 same document. ``cu_seqlens=None`` means plain causal attention. Boolean masks follow SDPA:
-True = may attend.
+True = may attend. GQA goes through SDPA's ``enable_gqa`` (exact on CPU; repeat_interleave of k/v
+on torch < 2.5).
 
 Backends (``BACKENDS``: name -> function)
 -----------------------------------------

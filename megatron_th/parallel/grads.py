@@ -25,10 +25,20 @@ def _flat_all_reduce(tensors: list[torch.Tensor], group) -> None:
         offset += n
 
 
+TIED = "embedding.word_embeddings.weight"
+
+
 @torch.no_grad()
-def finalize_grads(params: list[torch.nn.Parameter], groups) -> None:
-    sp = [p.grad for p in params if getattr(p, "sequence_parallel", False) and p.grad is not None]
+def finalize_grads(named_params, groups, tied_embeddings: bool = True) -> None:
+    sp = [p.grad for _, p in named_params if getattr(p, "sequence_parallel", False) and p.grad is not None]
     _flat_all_reduce(sp, groups.tp_group)
+    if tied_embeddings and groups.pp > 1 and (groups.is_first_stage or groups.is_last_stage):
+        # tied embeddings: the first stage's table and the last stage's copy get the summed gradient
+        tied = [p for n, p in named_params if n == TIED]
+        if tied:
+            if tied[0].grad is None:
+                tied[0].grad = torch.zeros_like(tied[0])
+            _flat_all_reduce([tied[0].grad], groups.embd_group)
 
 
 def norm_weights(named_params, groups) -> list[float]:
@@ -37,7 +47,7 @@ def norm_weights(named_params, groups) -> list[float]:
     for name, p in named_params:
         replicated = getattr(p, "tp_dim", None) is None
         w = 0.0 if (replicated and groups.tp_rank != 0) else 1.0
-        if name == "embedding.word_embeddings.weight" and groups.pp > 1 and not groups.is_first_stage:
+        if name == TIED and groups.pp > 1 and not groups.is_first_stage:
             w = 0.0  # the last stage's tied copy: the first stage counts it
         out.append(w)
     return out

@@ -14,18 +14,18 @@ from megatron_th.data.gpt_dataset import BlendedDataset, build_datasets
 from megatron_th.data.loader import PretrainingLoader
 from megatron_th.data.tokenizer import load_tokenizer
 from megatron_th.model.flops import flops_per_iteration
-from megatron_th.model.gpt import GPTModel, build_model
-from megatron_th.model.parallelize import parallelize
+from megatron_th.model.gpt import GPTModel
 from megatron_th.parallel import comm
 from megatron_th.parallel.grads import finalize_grads, norm_weights, sq_norm_reducer
 from megatron_th.parallel.groups import ParallelGroups, init_distributed
 from megatron_th.parallel.rng import stage_seed
+from megatron_th.parallel.stages import build_chunks
 from megatron_th.training.checkpoint import find_checkpoint
 from megatron_th.training.metrics import MetricsLogger, peak_tflops
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
 from megatron_th.training.resume import load_state, open_checkpoint, save_state
 from megatron_th.training.schedules import LRSchedule
-from megatron_th.training.step import count_loss_tokens, forward_backward, forward_only
+from megatron_th.training.step import Stepper, count_loss_tokens
 
 
 class TrainingAborted(RuntimeError):
@@ -58,33 +58,28 @@ def make_loader(cfg, dataset, tokenizer, consumed=0, dp_rank=0, dp_size=1):
                              consumed, d.reset_position_ids, d.reset_attention_mask, d.eod_mask_loss)
 
 
-def evaluate(cfg, model, dataset, tokenizer, device) -> dict:
+def evaluate(cfg, model, stepper, dataset, tokenizer) -> dict | None:
     """Mean loss over the first --eval-iters global batches of the split (the same every time),
-    and per source when the split blends several datasets."""
+    and per source when the split blends several datasets. None on ranks without the loss."""
     model.eval()
     loader = make_loader(cfg, dataset, tokenizer)
     sums = {}
-    for k in range(cfg.train.eval_iters):
+    for _ in range(cfg.train.eval_iters):
         ids = list(loader.rank_sample_ids(loader.consumed_samples))
-        stats = torch.cat(forward_only(model, loader.next_global_batch(), device)).cpu()
-        for sid, (loss, ntok) in zip(ids, stats.tolist()):
+        stats = stepper.eval(loader.next_global_batch())
+        if stats is None:
+            continue
+        for sid, (loss, ntok) in zip(ids, stats.cpu().tolist()):
             src = dataset.names[dataset.source(sid)].split(":")[0] if isinstance(dataset, BlendedDataset) else "all"
             acc = sums.setdefault(src, [0.0, 0.0])
             acc[0] += loss
             acc[1] += ntok
     model.train()
+    if not sums:
+        return None
     total = sum(v[0] for v in sums.values()) / max(sum(v[1] for v in sums.values()), 1.0)
     per = {k: v[0] / max(v[1], 1.0) for k, v in sorted(sums.items())} if len(sums) > 1 else {}
     return {"lm_loss": total, "ppl": math.exp(min(total, 50.0)), "per_source": per}
-
-
-def build_stage(cfg, vocab_size: int, groups, device, dtype):
-    """This rank's model: the plain seeded model, TP-sharded from outside when TP > 1."""
-    if groups.tp == 1:
-        return build_model(cfg.model, vocab_size, cfg.train.seed, device=device, dtype=dtype)
-    with torch.device("meta"):
-        model = GPTModel(cfg.model, vocab_size)
-    return parallelize(model, groups, cfg.model, cfg.train.seed, cfg.parallel.sequence_parallel, dtype, device)
 
 
 def pretrain(cfg, log=print) -> dict:
@@ -96,10 +91,10 @@ def pretrain(cfg, log=print) -> dict:
     for grp, name in ((groups.tp_group, "tp"), (groups.dp_group, "dp"), (groups.pp_group, "pp"),
                       (groups.mp_group, "mp"), (groups.embd_group, "embd"), (groups.world_group, "world")):
         comm.GROUP_NAMES.setdefault(grp, name)
-    if groups.pp > 1 or groups.dp > 1:
-        raise ConfigError(f"world size {world} gives PP {groups.pp} x DP {groups.dp}: pipeline and data "
-                          "parallelism are not available in this build yet; use "
-                          "--tensor-model-parallel-size equal to the number of processes")
+    if groups.dp > 1:
+        raise ConfigError(f"world size {world} gives DP {groups.dp}: data parallelism is not available in this "
+                          "build yet; make --tensor-model-parallel-size x --pipeline-model-parallel-size equal "
+                          "the number of processes")
     is_logger = groups.tp_rank == 0 and groups.dp_rank == 0 and groups.is_last_stage
     if not is_logger:
         log = lambda *a, **k: None  # noqa: E731
@@ -108,15 +103,13 @@ def pretrain(cfg, log=print) -> dict:
     prec, dtype = precision(cfg)
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
     tokenizer, tok_path, datasets = setup_data(cfg, log)
-    model = build_stage(cfg, tokenizer.vocab_size, groups, device, dtype)
-    if t.compile:
-        model = torch.compile(model)
-    core = getattr(model, "_orig_mod", model)
+    core = build_chunks(cfg, tokenizer.vocab_size, groups, device, dtype)
+    runners = [torch.compile(c) for c in core.chunks] if t.compile else core.chunks
+    stepper = Stepper(runners, groups, cfg, dtype, device)
     named = list(core.named_parameters())
     optimizer = MixedPrecisionOptimizer(named, o)
     optimizer.norm_weight = norm_weights(named, groups)
     optimizer.reduce_sq_norm = sq_norm_reducer(groups)
-    params = [p_ for _, p_ in named]
     schedule = LRSchedule.from_config(o)
     state = {"iteration": 0, "consumed_samples": 0, "skipped_iters": 0}
     torch.manual_seed(stage_seed(t.seed, groups.pp_rank))
@@ -127,8 +120,9 @@ def pretrain(cfg, log=print) -> dict:
         state.update(load_state(reader, core, optimizer, groups))
         log(f"resumed from {reader.path} at iteration {state['iteration']} "
             f"({state['consumed_samples']} samples consumed)")
-    nparams = sum(p_.numel() for p_ in core.parameters())
-    log(f"model: {nparams * groups.tp / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
+    with torch.device("meta"):
+        nparams = sum(p_.numel() for p_ in GPTModel(cfg.model, tokenizer.vocab_size).parameters())
+    log(f"model: {nparams / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
         f"{core.padded_vocab_size}), {prec} on {device}, TP {groups.tp} PP {groups.pp} DP {groups.dp}")
     loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"])
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
@@ -137,14 +131,15 @@ def pretrain(cfg, log=print) -> dict:
     peak = peak_tflops(prec, device.type, t.peak_tflops)
     consecutive_skips, losses, gnorms, last_save = 0, [], [], None
     window = {"loss": 0.0, "tokens": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0}
+    model = core
     model.train()
     while state["iteration"] < t.train_iters:
         t0 = time.perf_counter()
         it = state["iteration"] + 1
         micro = loader.next_global_batch()
         ntok = float(count_loss_tokens(micro))
-        loss_sum = forward_backward(model, micro, max(ntok, 1.0), optimizer.loss_scale, device)
-        finalize_grads(params, groups)
+        loss_sum = stepper.train(micro, max(ntok, 1.0), optimizer.loss_scale)
+        finalize_grads(named, groups, not m.untie_embeddings_and_output_weights)
         loss = float(loss_sum) / max(ntok, 1.0)
         lr = schedule.lr_at(it)
         if math.isfinite(loss):
@@ -181,8 +176,9 @@ def pretrain(cfg, log=print) -> dict:
             metrics.train(rec, (t.train_iters - it) * window["time"] / n)
             window = dict.fromkeys(window, 0.0)
         if t.eval_interval and datasets.get("valid") is not None and (it % t.eval_interval == 0 or it == t.train_iters):
-            ev = evaluate(cfg, model, datasets["valid"], tokenizer, device)
-            metrics.eval(dict(ev, iteration=it, consumed_samples=state["consumed_samples"]))
+            ev = evaluate(cfg, model, stepper, datasets["valid"], tokenizer)
+            if ev is not None:
+                metrics.eval(dict(ev, iteration=it, consumed_samples=state["consumed_samples"]))
         if t.save and t.save_interval and it % t.save_interval == 0:
             last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
             log(f"saved {last_save}")

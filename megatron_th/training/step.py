@@ -38,3 +38,38 @@ def forward_only(model, micro_batches: list[dict], device) -> list[torch.Tensor]
         mask = mb["loss_mask"].to(device).double()
         out.append(torch.stack([(per_token * mask).sum(1), mask.sum(1)], dim=1))
     return out
+
+
+class Stepper:
+    """Runs one step's micro-batches on this rank's model chunks: plain gradient accumulation
+    without pipelining, else the 1F1B / interleaved 1F1B pipeline. Returns the global batch's
+    summed masked loss on every rank."""
+
+    def __init__(self, chunks, groups, cfg, dtype, device, trace: bool = False):
+        self.chunks, self.groups, self.device = chunks, groups, device
+        self.pipe = None
+        if groups.pp > 1:
+            from megatron_th.parallel.pipeline import PipelineRunner
+
+            m = cfg.model
+            sp = cfg.parallel.sequence_parallel and groups.tp > 1
+            shape = (cfg.data.micro_batch_size, m.seq_length // groups.tp if sp else m.seq_length, m.hidden_size)
+            self.pipe = PipelineRunner(chunks, groups, shape, dtype, device, trace)
+
+    def _share_loss(self, total: torch.Tensor) -> torch.Tensor:
+        from megatron_th.parallel import comm
+
+        return comm.all_reduce(total, self.groups.pp_group) if self.pipe is not None else total
+
+    def train(self, micro_batches, num_tokens: float, loss_scale: float) -> torch.Tensor:
+        if self.pipe is None:
+            return forward_backward(self.chunks[0], micro_batches, num_tokens, loss_scale, self.device)
+        total, _ = self.pipe.run(micro_batches, num_tokens, loss_scale)
+        return self._share_loss(total)
+
+    def eval(self, micro_batches) -> torch.Tensor | None:
+        """Per-sample [n, 2] (loss sum, loss tokens) on the last stage; None elsewhere."""
+        if self.pipe is None:
+            return torch.cat(forward_only(self.chunks[0], micro_batches, self.device))
+        _, stats = self.pipe.run(micro_batches, 1.0, 1.0, forward_only=True)
+        return torch.cat(stats) if stats else None
