@@ -115,6 +115,7 @@ class TrainConfig:
     peak_tflops: Optional[float] = F(None, "Peak TFLOP/s per device for MFU (default: GPU table, or measured on CPU).")
     compile: bool = F(False, "torch.compile the model.")
     num_threads: Optional[int] = F(None, "CPU threads per process (torch.set_num_threads).")
+    pipeline_trace_dir: Optional[str] = F(None, "Write each rank's pipeline schedule trace of the last step here (JSON).")
 
 
 SECTIONS = {"model": ModelConfig, "parallel": ParallelConfig, "optim": OptimConfig,

@@ -5,6 +5,7 @@ import pytest
 from megatron_th.config import ConfigError
 from megatron_th.parallel.schedule_order import ScheduleError, bubble_formula, order, simulate
 from megatron_th.parallel.stages import layer_ranges
+from megatron_th.parallel.volume import pp_send_bytes
 from tests import dist as D
 from tests.test_tensor_parallel import _data, _train, argv
 
@@ -105,12 +106,9 @@ def test_p2p_bytes_equal_the_analytic_volume(runs, layout):
     v = 2 if "--num-layers-per-virtual-pipeline-stage" in flags else 1
     sp = "--sequence-parallel" in flags
     mbs, s, h, m = 2, 32, 32, 4
-    act = mbs * (s // tp if sp else s) * h * 4
     per_rank = runs[1][(layout, "bytes")]
     total_send = sum(b.get(("send", "pp"), 0) for b in per_rank.values())
-    # every boundary between consecutive virtual stages carries one activation forward and its
-    # gradient back, per micro-batch, on each TP rank
-    assert total_send == m * (p * v - 1) * 2 * act * tp
+    assert total_send == pp_send_bytes(p * v, mbs, s // tp if sp else s, h, m, tp)
     vp = 8064  # the shipped 8000-token vocabulary padded to a multiple of 128
     for rank, b in per_rank.items():
         first_or_last = rank // tp in (0, p - 1)  # grid[pp, dp=0, tp]

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_th.parallel.volume import tp_step_bytes
 from tests import dist as D
 
 VOCAB_PAD = 128
@@ -84,17 +85,12 @@ def test_model_parity_10_steps(runs, tp, sp, variant):
     assert loss[-1] < loss[0]  # it trained
 
 
-def analytic_bytes(tp, sp, L=2, b=2, s=32, h=32, micro=2, norms_per_layer=2, fp=4):
-    """Bytes of one step (see docs/parallelism.md). Activations [b, s, h] in fp32."""
-    act = b * s * h * fp
-    ce = 3 * b * s * 4  # max, target logit, sum of exp: fp32 [b, s] each
-    norm = 8  # the global grad norm: one float64
-    if not sp:
-        return {("all_reduce", "tp"): micro * ((1 + 4 * L + 1) * act + ce), ("all_reduce", "mp"): norm}
-    sp_grads = (norms_per_layer * L + 1) * h * fp
-    return {("all_gather", "tp"): micro * (2 * L + 2 * L + 2) * act,
-            ("reduce_scatter", "tp"): micro * (1 + 2 * L + 2 * L + 1) * act,
-            ("all_reduce", "tp"): micro * ce + sp_grads, ("all_reduce", "mp"): norm}
+def analytic_bytes(tp, sp, L=2, b=2, s=32, h=32, micro=2, norms_per_layer=2):
+    """One step of the 2-layer RMSNorm model: TP traffic from the formula, plus the global grad
+    norm (one float64 over the model-parallel group)."""
+    out = tp_step_bytes(L, b, s, h, micro, sp, sp_grad_elems=(norms_per_layer * L + 1) * h)
+    out[("all_reduce", "mp")] = 8
+    return out
 
 
 @pytest.mark.parametrize("tp", [2, 4])

@@ -61,11 +61,25 @@ def rank(group) -> int:
 
 
 # -- plain collectives (counted) -----------------------------------------------------------------
-def all_reduce(t: torch.Tensor, group=None, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce(t: torch.Tensor, group=None, op=dist.ReduceOp.SUM, async_op: bool = False):
+    """In place; returns the tensor, or with ``async_op`` the work handle (None if no-op)."""
     if size(group) > 1:
         COUNTER.add("all_reduce", _name(group), _nbytes(t))
-        dist.all_reduce(t, op=op, group=group)
-    return t
+        work = dist.all_reduce(t, op=op, group=group, async_op=async_op)
+        return work if async_op else t
+    return None if async_op else t
+
+
+def reduce_scatter_into(out: torch.Tensor, t: torch.Tensor, group, async_op: bool = False):
+    """Sum ``t`` (1-D, divisible by the group size) over the group; ``out`` gets this rank's part."""
+    COUNTER.add("reduce_scatter", _name(group), _nbytes(t))
+    return _RS(out, t, group=group, async_op=async_op)
+
+
+def all_gather_into(out: torch.Tensor, t: torch.Tensor, group, async_op: bool = False):
+    """Concatenate every rank's ``t`` (1-D) into ``out``."""
+    COUNTER.add("all_gather", _name(group), _nbytes(out))
+    return _AG(out, t, group=group, async_op=async_op)
 
 
 def all_gather(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:

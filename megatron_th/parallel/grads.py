@@ -28,17 +28,23 @@ def _flat_all_reduce(tensors: list[torch.Tensor], group) -> None:
 TIED = "embedding.word_embeddings.weight"
 
 
+def _grad(p):
+    return p.main_grad if getattr(p, "main_grad", None) is not None else p.grad
+
+
 @torch.no_grad()
 def finalize_grads(named_params, groups, tied_embeddings: bool = True) -> None:
-    sp = [p.grad for _, p in named_params if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    """Cross-group sums, before the data-parallel reduction (the gradient buffers defer the
+    buckets holding these parameters until this has run)."""
+    sp = [_grad(p) for _, p in named_params if getattr(p, "sequence_parallel", False) and _grad(p) is not None]
     _flat_all_reduce(sp, groups.tp_group)
     if tied_embeddings and groups.pp > 1 and (groups.is_first_stage or groups.is_last_stage):
         # tied embeddings: the first stage's table and the last stage's copy get the summed gradient
         tied = [p for n, p in named_params if n == TIED]
         if tied:
-            if tied[0].grad is None:
+            if _grad(tied[0]) is None:
                 tied[0].grad = torch.zeros_like(tied[0])
-            _flat_all_reduce([tied[0].grad], groups.embd_group)
+            _flat_all_reduce([_grad(tied[0])], groups.embd_group)
 
 
 def norm_weights(named_params, groups) -> list[float]:
@@ -53,9 +59,13 @@ def norm_weights(named_params, groups) -> list[float]:
     return out
 
 
-def sq_norm_reducer(groups):
+def sq_norm_reducer(groups, zero1: bool = False):
+    """Sum of squares over the ranks holding distinct parts: the model-parallel group, and under
+    Zero-1 (each DP rank holds part of every gradient) the whole world."""
+    group = groups.world_group if zero1 else groups.mp_group
+
     def reduce(sq: torch.Tensor) -> torch.Tensor:
         sq = sq.clone()
-        comm.all_reduce(sq, groups.mp_group)
+        comm.all_reduce(sq, group)
         return sq
     return reduce

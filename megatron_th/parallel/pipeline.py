@@ -68,7 +68,9 @@ class PipelineRunner:
         saved, live = {}, 0
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         stats = []
-        self.trace = []
+        record = self.trace_enabled and not forward_only  # evaluation never replaces a step's trace
+        if record:
+            self.trace = []
         for kind, k in order(self.p, self.r, m, self.v, forward_only):
             c = chunk(k, self.p, self.v, kind == "F")
             mb_id, vs = micro_batch(k, self.p, self.v), self._vs(c)
@@ -93,7 +95,7 @@ class PipelineRunner:
                     torch.autograd.backward(out, grad)
                 if vs > 0:
                     p2p.send(x.grad, mb_id, vs - 1, backward=True)
-            if self.trace_enabled:
+            if record:
                 self.trace.append({"op": kind, "micro_batch": mb_id, "chunk": c, "start": t0,
                                    "end": time.perf_counter()})
         p2p.flush()

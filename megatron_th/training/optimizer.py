@@ -55,22 +55,64 @@ def _adamw(groups, o):
         return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
+class Slot:
+    """A piece of one parameter that this rank updates: the whole parameter, or under Zero-1 the
+    flat range [a, z) of it inside this DP rank's part of a bucket."""
+
+    def __init__(self, index: int, param, a: int | None = None, z: int | None = None):
+        self.index, self.param, self.a, self.z = index, param, a, z
+        flat = param.detach().view(-1)
+        whole = a is None
+        if param.dtype == torch.float32:  # fp32: the parameter itself is the master (no copy)
+            self.master = param if whole else flat[a:z]
+        else:
+            self.master = (param.detach() if whole else flat[a:z]).float().clone()
+
+    def grad(self) -> torch.Tensor:
+        p = self.param
+        g = getattr(p, "main_grad", None)
+        if g is None:
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+        return g if self.a is None else g.reshape(-1)[self.a:self.z]
+
+    def write_back(self) -> None:
+        if self.master is self.param:
+            return
+        if self.a is None:
+            self.param.data.copy_(self.master)
+        elif self.param.dtype != torch.float32:
+            self.param.data.view(-1)[self.a:self.z].copy_(self.master)
+
+
 class MixedPrecisionOptimizer:
-    def __init__(self, named_params, o):
-        """named_params: [(logical name, parameter)] of this rank's model (chunks)."""
+    def __init__(self, named_params, o, buffers=None):
+        """named_params: [(logical name, parameter)] of this rank's model (chunks). With Zero-1
+        ``buffers`` (parallel/data_parallel.GradBuffers) says which part of each bucket this DP
+        rank owns; masters and moments then exist only for that part."""
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
-        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone() for p in self.params]
+        self.buffers = buffers if (buffers is not None and buffers.zero1) else None
+        if self.buffers is None:
+            self.slots = [Slot(i, p) for i, p in enumerate(self.params)]
+        else:
+            from megatron_th.parallel.zero import owned_slots
+
+            self.slots = owned_slots(self.params, self.buffers, Slot)
         self.clip = o.clip_grad
-        decay = [m for p, m in zip(self.params, self.masters) if p.ndim >= 2]
-        no_decay = [m for p, m in zip(self.params, self.masters) if p.ndim < 2]
+        decay = [s.master for s in self.slots if s.param.ndim >= 2]
+        no_decay = [s.master for s in self.slots if s.param.ndim < 2]
         groups = [g for g in ({"params": decay, "weight_decay": o.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-        self.opt = _adamw(groups, o)
+        self.opt = _adamw(groups, o) if groups else None
         self.scaler = LossScaler(o.initial_loss_scale, o.min_loss_scale, o.loss_scale_window,
                                  o.hysteresis, dynamic=o.fp16)
         self.norm_weight = [1.0] * len(self.params)
         self.reduce_sq_norm = lambda sq: sq
+        self.num_steps = 0  # updates applied (the same on every rank)
+
+    @property
+    def masters(self):
+        return [s.master for s in self.slots]
 
     @property
     def loss_scale(self) -> float:
@@ -79,35 +121,34 @@ class MixedPrecisionOptimizer:
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
-        for m in self.masters:
-            m.grad = None
+        for s in self.slots:
+            s.master.grad = None
 
     def _gather_grads(self) -> None:
         inv = 1.0 / self.scaler.scale
-        for p, m in zip(self.params, self.masters):
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            g = g.float() if m is not p else g
-            if inv != 1.0:
-                g = g * inv
-            m.grad = g
+        for s in self.slots:
+            g = s.grad()
+            g = g.float() if g.dtype != torch.float32 else g
+            s.master.grad = g * inv if inv != 1.0 else g
 
     def grad_norm(self) -> float:
-        grads = [m.grad for m in self.masters]
+        grads = [s.master.grad for s in self.slots]
         # accumulate in fp64: an fp32 sum over millions of elements is off by ~1e-6 relative,
         # which is larger than the differences the parity tests must see
         try:
             norms = torch._foreach_norm(grads, 2, dtype=torch.float64) if grads else []
         except TypeError:  # older torch
             norms = [torch.linalg.vector_norm(g, 2, dtype=torch.float64) for g in grads]
-        sq = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
-        for w, n in zip(self.norm_weight, norms):
-            if w:
+        device = self.params[0].device if self.params else "cpu"
+        sq = torch.zeros((), dtype=torch.float64, device=device)
+        for s, n in zip(self.slots, norms):
+            if self.norm_weight[s.index]:
                 sq = sq + n.double() ** 2
         return math.sqrt(float(self.reduce_sq_norm(sq)))
 
     @torch.no_grad()
     def step(self, lr: float) -> tuple[bool, float]:
-        """Returns (stepped, grad_norm). A non-finite norm skips the update."""
+        """Returns (stepped, grad_norm). A non-finite norm skips the update on every rank."""
         self._gather_grads()
         norm = self.grad_norm()
         if not math.isfinite(norm):
@@ -115,52 +156,75 @@ class MixedPrecisionOptimizer:
             self.zero_grad()
             return False, norm
         if self.clip > 0 and norm > self.clip:
-            torch._foreach_mul_([m.grad for m in self.masters], self.clip / (norm + 1e-6))
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.step()
-        for p, m in zip(self.params, self.masters):
-            if m is not p:
-                p.copy_(m)
+            torch._foreach_mul_([s.master.grad for s in self.slots], self.clip / (norm + 1e-6))
+        if self.opt is not None:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.step()
+        for s in self.slots:
+            s.write_back()
+        if self.buffers is not None:
+            self.buffers.gather_params()
         self.scaler.update(found_inf=False)
         self.zero_grad()
+        self.num_steps += 1
         return True, norm
 
-    # -- checkpoint view: logical name -> tensor ------------------------------------------
+    # -- checkpoint view: logical name -> tensor of the parameter's (local) shape -----------------
     def state_keys(self) -> list[tuple[str, str]]:
         """(checkpoint key, parameter name) of every optimizer tensor this optimizer can hold."""
         out = []
-        for n, p, m in zip(self.names, self.params, self.masters):
+        for n, p in zip(self.names, self.params):
             out += [(f"optim.exp_avg.{n}", n), (f"optim.exp_avg_sq.{n}", n)]
-            if m is not p:
+            if p.dtype != torch.float32:
                 out.append((f"optim.master.{n}", n))
         return out
 
+    def _slot_states(self):
+        """{kind: [tensor per slot or None]} for exp_avg, exp_avg_sq, master."""
+        out = {"exp_avg": [], "exp_avg_sq": [], "master": []}
+        for s in self.slots:
+            st = self.opt.state.get(s.master, {}) if self.opt else {}
+            out["exp_avg"].append(st.get("exp_avg"))
+            out["exp_avg_sq"].append(st.get("exp_avg_sq"))
+            out["master"].append(s.master if s.param.dtype != torch.float32 else None)
+        return out
+
     def state_tensors(self) -> list[tuple[str, torch.Tensor, str]]:
-        """(checkpoint key, tensor, parameter name); tensors have their parameter's shape."""
+        """(checkpoint key, tensor, parameter name). Under Zero-1 this is collective over DP (the
+        parts are all-gathered): every DP rank must call it."""
+        states = self._slot_states()
+        if self.buffers is not None:
+            from megatron_th.parallel.zero import gather_full_states
+
+            return gather_full_states(self, states)
         out = []
-        for n, p, m in zip(self.names, self.params, self.masters):
-            st = self.opt.state.get(m, {})
-            if "exp_avg" in st:
-                out += [(f"optim.exp_avg.{n}", st["exp_avg"], n), (f"optim.exp_avg_sq.{n}", st["exp_avg_sq"], n)]
-            if m is not p:
-                out.append((f"optim.master.{n}", m, n))
+        for kind, tensors in states.items():
+            for s, t in zip(self.slots, tensors):
+                if t is not None:
+                    out.append((f"optim.{kind}.{self.names[s.index]}", t, self.names[s.index]))
         return out
 
     def state_meta(self) -> dict:
-        steps = [int(st["step"]) for st in self.opt.state.values() if "step" in st]
-        return {"step": steps[0] if steps else 0, "loss_scaler": self.scaler.state_dict()}
+        return {"step": self.num_steps, "loss_scaler": self.scaler.state_dict()}
 
     @torch.no_grad()
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        """tensors as from state_tensors (masters optional: rebuilt from params when absent)."""
-        for n, p, m in zip(self.names, self.params, self.masters):
-            if m is not p:
-                m.copy_(tensors.get(f"optim.master.{n}", p.float()))
-            if meta.get("step", 0) > 0 and f"optim.exp_avg.{n}" in tensors:
-                self.opt.state[m] = {
-                    "step": torch.tensor(float(meta["step"])),
-                    "exp_avg": tensors[f"optim.exp_avg.{n}"].to(m.device, torch.float32).clone(),
-                    "exp_avg_sq": tensors[f"optim.exp_avg_sq.{n}"].to(m.device, torch.float32).clone(),
-                }
+        """tensors: full (local-shape) per-parameter states, as state_tensors gives them. Masters
+        absent (e.g. saved in fp32) are rebuilt from the parameters; moments absent stay fresh."""
+        for s in self.slots:
+            n, p = self.names[s.index], s.param
+
+            def part(t):
+                t = t.to(p.device, torch.float32)
+                return t.clone() if s.a is None else t.reshape(-1)[s.a:s.z].clone()
+
+            if s.master is not p and p.dtype != torch.float32:
+                key = f"optim.master.{n}"
+                s.master.copy_(part(tensors[key]) if key in tensors else part(p.detach()))
+            if meta.get("step", 0) > 0 and f"optim.exp_avg.{n}" in tensors and self.opt is not None:
+                self.opt.state[s.master] = {"step": torch.tensor(float(meta["step"])),
+                                            "exp_avg": part(tensors[f"optim.exp_avg.{n}"]),
+                                            "exp_avg_sq": part(tensors[f"optim.exp_avg_sq.{n}"])}
         self.scaler.load_state_dict(meta["loss_scaler"])
+        self.num_steps = meta.get("step", 0)

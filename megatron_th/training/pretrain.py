@@ -1,6 +1,7 @@
 """The pretraining loop: build -> (resume) -> train / evaluate / log -> save."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -16,7 +17,8 @@ from megatron_th.data.tokenizer import load_tokenizer
 from megatron_th.model.flops import flops_per_iteration
 from megatron_th.model.gpt import GPTModel
 from megatron_th.parallel import comm
-from megatron_th.parallel.grads import finalize_grads, norm_weights, sq_norm_reducer
+from megatron_th.parallel.data_parallel import GradBuffers
+from megatron_th.parallel.grads import TIED, finalize_grads, norm_weights, sq_norm_reducer
 from megatron_th.parallel.groups import ParallelGroups, init_distributed
 from megatron_th.parallel.rng import stage_seed
 from megatron_th.parallel.stages import build_chunks
@@ -25,7 +27,17 @@ from megatron_th.training.metrics import MetricsLogger, peak_tflops
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
 from megatron_th.training.resume import load_state, open_checkpoint, save_state
 from megatron_th.training.schedules import LRSchedule
-from megatron_th.training.step import Stepper, count_loss_tokens
+from megatron_th.training.step import Stepper
+
+
+def write_trace(directory: str, groups, pipe) -> None:
+    """rank{r}.json: this rank's ops of the last step; times are time.perf_counter() seconds
+    (one monotonic clock per machine: ranks on one node compare directly)."""
+    os.makedirs(directory, exist_ok=True)
+    rec = {"rank": groups.rank, "pp_rank": groups.pp_rank, "tp_rank": groups.tp_rank, "dp_rank": groups.dp_rank,
+           "pp": groups.pp, "chunks": pipe.v, "ops": pipe.trace}
+    with open(os.path.join(directory, f"rank{groups.rank}.json"), "w") as f:
+        json.dump(rec, f)
 
 
 class TrainingAborted(RuntimeError):
@@ -62,7 +74,7 @@ def evaluate(cfg, model, stepper, dataset, tokenizer) -> dict | None:
     """Mean loss over the first --eval-iters global batches of the split (the same every time),
     and per source when the split blends several datasets. None on ranks without the loss."""
     model.eval()
-    loader = make_loader(cfg, dataset, tokenizer)
+    loader = make_loader(cfg, dataset, tokenizer, 0, stepper.groups.dp_rank, stepper.groups.dp)
     sums = {}
     for _ in range(cfg.train.eval_iters):
         ids = list(loader.rank_sample_ids(loader.consumed_samples))
@@ -75,11 +87,29 @@ def evaluate(cfg, model, stepper, dataset, tokenizer) -> dict | None:
             acc[0] += loss
             acc[1] += ntok
     model.train()
+    if stepper.groups.dp > 1:  # every DP rank evaluated its slice of each batch
+        parts = [None] * stepper.groups.dp
+        torch.distributed.all_gather_object(parts, sums, group=stepper.groups.dp_group)
+        sums = {}
+        for part in parts:
+            for k, (a, b) in part.items():
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += a
+                acc[1] += b
     if not sums:
         return None
     total = sum(v[0] for v in sums.values()) / max(sum(v[1] for v in sums.values()), 1.0)
     per = {k: v[0] / max(v[1], 1.0) for k, v in sorted(sums.items())} if len(sums) > 1 else {}
     return {"lm_loss": total, "ppl": math.exp(min(total, 50.0)), "per_source": per}
+
+
+def make_grad_buffers(cfg, named, groups) -> GradBuffers:
+    """Contiguous gradient buffers; fp32 under bf16 (as Megatron) or when asked."""
+    p, o = cfg.parallel, cfg.optim
+    grad_dtype = torch.float32 if (o.bf16 or p.accumulate_allreduce_grads_in_fp32) else named[0][1].dtype
+    deferred = {TIED} if (groups.pp > 1 and not cfg.model.untie_embeddings_and_output_weights) else set()
+    return GradBuffers(named, groups, grad_dtype, p.ddp_bucket_size, p.use_distributed_optimizer,
+                       p.overlap_grad_reduce, deferred)
 
 
 def pretrain(cfg, log=print) -> dict:
@@ -91,10 +121,6 @@ def pretrain(cfg, log=print) -> dict:
     for grp, name in ((groups.tp_group, "tp"), (groups.dp_group, "dp"), (groups.pp_group, "pp"),
                       (groups.mp_group, "mp"), (groups.embd_group, "embd"), (groups.world_group, "world")):
         comm.GROUP_NAMES.setdefault(grp, name)
-    if groups.dp > 1:
-        raise ConfigError(f"world size {world} gives DP {groups.dp}: data parallelism is not available in this "
-                          "build yet; make --tensor-model-parallel-size x --pipeline-model-parallel-size equal "
-                          "the number of processes")
     is_logger = groups.tp_rank == 0 and groups.dp_rank == 0 and groups.is_last_stage
     if not is_logger:
         log = lambda *a, **k: None  # noqa: E731
@@ -105,11 +131,14 @@ def pretrain(cfg, log=print) -> dict:
     tokenizer, tok_path, datasets = setup_data(cfg, log)
     core = build_chunks(cfg, tokenizer.vocab_size, groups, device, dtype)
     runners = [torch.compile(c) for c in core.chunks] if t.compile else core.chunks
-    stepper = Stepper(runners, groups, cfg, dtype, device)
     named = list(core.named_parameters())
-    optimizer = MixedPrecisionOptimizer(named, o)
+    tied = not m.untie_embeddings_and_output_weights
+    buffers = make_grad_buffers(cfg, named, groups)
+    stepper = Stepper(runners, groups, cfg, dtype, device, trace=bool(t.pipeline_trace_dir), buffers=buffers,
+                      finalize=lambda: finalize_grads(named, groups, tied))
+    optimizer = MixedPrecisionOptimizer(named, o, buffers)
     optimizer.norm_weight = norm_weights(named, groups)
-    optimizer.reduce_sq_norm = sq_norm_reducer(groups)
+    optimizer.reduce_sq_norm = sq_norm_reducer(groups, zero1=p.use_distributed_optimizer)
     schedule = LRSchedule.from_config(o)
     state = {"iteration": 0, "consumed_samples": 0, "skipped_iters": 0}
     torch.manual_seed(stage_seed(t.seed, groups.pp_rank))
@@ -124,22 +153,22 @@ def pretrain(cfg, log=print) -> dict:
         nparams = sum(p_.numel() for p_ in GPTModel(cfg.model, tokenizer.vocab_size).parameters())
     log(f"model: {nparams / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
         f"{core.padded_vocab_size}), {prec} on {device}, TP {groups.tp} PP {groups.pp} DP {groups.dp}")
-    loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"])
+    loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"], groups.dp_rank, groups.dp)
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
     metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir)
     flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size) / world  # per device
     peak = peak_tflops(prec, device.type, t.peak_tflops)
     consecutive_skips, losses, gnorms, last_save = 0, [], [], None
-    window = {"loss": 0.0, "tokens": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0}
+    window = {"loss": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0, "comm": 0.0}
     model = core
     model.train()
     while state["iteration"] < t.train_iters:
         t0 = time.perf_counter()
+        bytes0 = comm.COUNTER.total()
         it = state["iteration"] + 1
         micro = loader.next_global_batch()
-        ntok = float(count_loss_tokens(micro))
+        ntok = stepper.num_tokens(micro)
         loss_sum = stepper.train(micro, max(ntok, 1.0), optimizer.loss_scale)
-        finalize_grads(named, groups, not m.untie_embeddings_and_output_weights)
         loss = float(loss_sum) / max(ntok, 1.0)
         lr = schedule.lr_at(it)
         if math.isfinite(loss):
@@ -165,6 +194,7 @@ def pretrain(cfg, log=print) -> dict:
         window["gnorm"] += gnorm if math.isfinite(gnorm) else 0.0
         window["time"] += dt
         window["iters"] += 1
+        window["comm"] += comm.COUNTER.total() - bytes0
         if it % t.log_interval == 0 or it == t.train_iters:
             n = window["iters"]
             tps = n * d.global_batch_size * m.seq_length / window["time"]
@@ -172,7 +202,8 @@ def pretrain(cfg, log=print) -> dict:
             rec = {"iteration": it, "consumed_samples": state["consumed_samples"], "lm_loss": window["loss"] / n,
                    "grad_norm": window["gnorm"] / n, "lr": lr, "loss_scale": optimizer.loss_scale,
                    "skipped_iters": state["skipped_iters"], "tokens_per_sec": tps, "tflops": tflops,
-                   "mfu": tflops / peak, "step_time": window["time"] / n}
+                   "mfu": tflops / peak, "step_time": window["time"] / n,
+                   "comm_bytes_per_step": window["comm"] / n}
             metrics.train(rec, (t.train_iters - it) * window["time"] / n)
             window = dict.fromkeys(window, 0.0)
         if t.eval_interval and datasets.get("valid") is not None and (it % t.eval_interval == 0 or it == t.train_iters):
@@ -182,10 +213,13 @@ def pretrain(cfg, log=print) -> dict:
         if t.save and t.save_interval and it % t.save_interval == 0:
             last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
             log(f"saved {last_save}")
+    if t.pipeline_trace_dir and stepper.pipe is not None:
+        write_trace(t.pipeline_trace_dir, groups, stepper.pipe)
     if t.save and (last_save is None or not last_save.endswith(f"{state['iteration']:07d}")):
         last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
         log(f"saved {last_save}")
-    return {"state": state, "losses": losses, "grad_norms": gnorms, "checkpoint": last_save, "model": model, "groups": groups}
+    return {"state": state, "losses": losses, "grad_norms": gnorms, "checkpoint": last_save, "model": model,
+            "groups": groups, "optimizer": optimizer, "buffers": buffers, "named_params": named}
 
 
 def main(argv=None) -> int:

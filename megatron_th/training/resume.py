@@ -58,10 +58,11 @@ def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, k
         dist.barrier()
     pieces = []
     params = dict(model.named_parameters())
+    opt_state = optimizer.state_tensors()  # collective under Zero-1: every rank takes part
     if groups.dp_rank == 0:
         for n, p in params.items():
             pieces += _pieces(n, p, p, groups)
-        for key, t, pname in optimizer.state_tensors():
+        for key, t, pname in opt_state:
             pieces += _pieces(key, t, params[pname], groups)
     pieces += rng_tensors(groups.rank, model)
     index = writer.write_shard(groups.rank, pieces)

@@ -45,8 +45,9 @@ class Stepper:
     without pipelining, else the 1F1B / interleaved 1F1B pipeline. Returns the global batch's
     summed masked loss on every rank."""
 
-    def __init__(self, chunks, groups, cfg, dtype, device, trace: bool = False):
+    def __init__(self, chunks, groups, cfg, dtype, device, trace: bool = False, buffers=None, finalize=None):
         self.chunks, self.groups, self.device = chunks, groups, device
+        self.buffers, self.finalize = buffers, finalize
         self.pipe = None
         if groups.pp > 1:
             from megatron_th.parallel.pipeline import PipelineRunner
@@ -56,16 +57,30 @@ class Stepper:
             shape = (cfg.data.micro_batch_size, m.seq_length // groups.tp if sp else m.seq_length, m.hidden_size)
             self.pipe = PipelineRunner(chunks, groups, shape, dtype, device, trace)
 
-    def _share_loss(self, total: torch.Tensor) -> torch.Tensor:
+    def num_tokens(self, micro_batches) -> float:
+        """Loss tokens of the whole global batch (all DP ranks)."""
         from megatron_th.parallel import comm
 
-        return comm.all_reduce(total, self.groups.pp_group) if self.pipe is not None else total
+        n = count_loss_tokens(micro_batches).reshape(1).to(self.device)
+        return float(comm.all_reduce(n, self.groups.dp_group)[0])
 
     def train(self, micro_batches, num_tokens: float, loss_scale: float) -> torch.Tensor:
+        """Forward+backward of this rank's micro-batches, then the gradient reductions; returns the
+        global batch's summed masked loss (every rank)."""
+        from megatron_th.parallel import comm
+
+        if self.buffers is not None:
+            self.buffers.start_step(len(micro_batches))
         if self.pipe is None:
-            return forward_backward(self.chunks[0], micro_batches, num_tokens, loss_scale, self.device)
-        total, _ = self.pipe.run(micro_batches, num_tokens, loss_scale)
-        return self._share_loss(total)
+            total = forward_backward(self.chunks[0], micro_batches, num_tokens, loss_scale, self.device)
+        else:
+            total, _ = self.pipe.run(micro_batches, num_tokens, loss_scale)
+            total = comm.all_reduce(total, self.groups.pp_group)
+        if self.buffers is not None:
+            self.buffers.finish(self.finalize)
+        elif self.finalize is not None:
+            self.finalize()
+        return comm.all_reduce(total, self.groups.dp_group)
 
     def eval(self, micro_batches) -> torch.Tensor | None:
         """Per-sample [n, 2] (loss sum, loss tokens) on the last stage; None elsewhere."""
