@@ -82,6 +82,22 @@ def test_checkpoint_layout_and_safety(data_prefix, tmp_path):
     with pytest.raises(CheckpointError, match="refusing to load a pickle"):
         CheckpointReader(r.path)
     os.remove(os.path.join(r.path, "evil.pt"))
+    import pickle  # a pickle renamed to look like a shard is refused too
+    with open(os.path.join(r.path, "shard_00009.safetensors"), "wb") as f:
+        pickle.dump({"x": 1}, f)
+    with pytest.raises(CheckpointError, match="refusing to load a pickle"):
+        CheckpointReader(r.path)
+    os.remove(os.path.join(r.path, "shard_00009.safetensors"))
+    # a real safetensors shard whose 8-byte header length starts with 0x80 is not mistaken for one
+    from safetensors.torch import save_file
+    for n in range(1, 200):
+        path = os.path.join(r.path, "shard_00010.safetensors")
+        save_file({"k" * n: torch.zeros(1)}, path)
+        if open(path, "rb").read(1) == b"\x80":
+            break
+    assert open(path, "rb").read(1) == b"\x80"
+    CheckpointReader(r.path)
+    os.remove(path)
     # a metadata path leaving the directory is refused
     meta = json.load(open(os.path.join(r.path, "metadata.json")))
     meta["tensors"]["layers.0.mlp.linear_fc1.weight"]["slices"][0]["file"] = "../../x.safetensors"
@@ -149,3 +165,17 @@ def test_generate_tool(data_prefix, tmp_path):
     bad = subprocess.run([sys.executable, "tools/generate.py", "--load", str(tmp_path / "nothing"), "--prompt", "x"],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and f"--load {tmp_path / 'nothing'}: no complete checkpoint there" in bad.stderr
+
+
+def test_demo_path_end_to_end(tmp_path):
+    """`make demo`'s own script: torchrun, 8 processes in TP 2 x PP 2 x DP 2 with Zero-1 on the
+    embedded corpus, a checkpoint, then generation from it (shortened)."""
+    out = subprocess.run([sys.executable, "tools/demo.py", "--save", str(tmp_path / "demo"), "--min-drop", "0.2",
+                          "--", "--train-iters", "16", "--log-interval", "4", "--eval-interval", "8",
+                          "--save-interval", "8"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "TP 2 PP 2 DP 2" in out.stdout and "eval iter 8" in out.stdout
+    summary = [l for l in out.stdout.splitlines() if l.startswith("demo: loss")][0]
+    assert "over 16 iterations" in summary
+    assert sorted(os.listdir(tmp_path / "demo"))[:2] == ["iter_0000008", "iter_0000016"]
+    assert out.stdout.strip().splitlines()[-1].startswith("ประเทศไทยมี")

@@ -220,6 +220,17 @@ class CheckpointReader:
 
 
 def _looks_pickled(path: str) -> bool:
+    """A pickle (protocol 2+ starts with 0x80) or a torch.save zip. A safetensors file is checked
+    by its own header instead (its first 8 bytes are a length that may start with 0x80)."""
     with open(path, "rb") as f:
-        head = f.read(4)
-    return head[:1] == b"\x80" or head == b"PK\x03\x04"
+        head = f.read(8)
+        if path.endswith(".safetensors"):
+            if len(head) < 8:
+                return True
+            n = int.from_bytes(head, "little")
+            try:
+                json.loads(f.read(min(n, 100_000_000)))
+                return False
+            except ValueError:
+                return True
+    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
