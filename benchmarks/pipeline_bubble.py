@@ -35,59 +35,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from megatron_th.parallel.schedule_order import bubble_formula, chunk, micro_batch, order, simulate  # noqa: E402
-
-
-# ----------------------------------------------------------------------------------------------
-# unit-cost replay (the same dependency rule as schedule_order.simulate, keeping every op's time)
-
-def replay(p: int, m: int, v: int, f_cost: float = 1.0, b_cost: float = 2.0, cost=None) -> list[list[dict]]:
-    """Per rank, the ops of one step with start/end times: an op starts when its rank is free and
-    its input is there (forward: from the previous virtual stage; backward: from the next, or the
-    same stage's forward on the last one). A chunk op costs 1/v of a stage op, unless
-    cost(rank, kind, chunk) gives each op's cost."""
-    f, b = f_cost / v, b_cost / v
-    if cost is None:
-        cost = lambda r, kind, c: f if kind == "F" else b  # noqa: E731
-    orders = [order(p, r, m, v) for r in range(p)]
-    nvs = p * v
-    done: dict = {}
-    pos, free = [0] * p, [0.0] * p
-    ops: list[list[dict]] = [[] for _ in range(p)]
-    progress = True
-    while progress:
-        progress = False
-        for r in range(p):
-            while pos[r] < len(orders[r]):
-                kind, k = orders[r][pos[r]]
-                c = chunk(k, p, v, kind == "F")
-                mb, vs = micro_batch(k, p, v), c * p + r
-                dep = dependency(kind, mb, vs, nvs)
-                if dep is not None and dep not in done:
-                    break
-                start = max(free[r], done.get(dep, 0.0))
-                free[r] = done[(kind, mb, vs)] = start + cost(r, kind, c)
-                ops[r].append({"op": kind, "micro_batch": mb, "chunk": c, "start": start, "end": free[r]})
-                pos[r] += 1
-                progress = True
-    if any(pos[r] < len(orders[r]) for r in range(p)):
-        raise RuntimeError(f"replay of p={p} m={m} v={v} deadlocked")
-    return ops
-
-
-def dependency(kind: str, mb: int, vs: int, nvs: int):
-    """The (kind, micro-batch, virtual stage) whose output this op consumes, or None."""
-    if kind == "F":
-        return ("F", mb, vs - 1) if vs > 0 else None
-    return ("B", mb, vs + 1) if vs < nvs - 1 else ("F", mb, vs)
-
-
-def peak_inflight(ops: list[dict]) -> int:
-    live = peak = 0
-    for o in ops:
-        live += 1 if o["op"] == "F" else -1
-        peak = max(peak, live)
-    return peak
+from megatron_th.parallel.schedule_order import (bubble_formula, dependency, peak_inflight, replay,  # noqa: E402
+                                                 simulate)
 
 
 def unit_cost_grid(ps, ms, vs) -> list[dict]:

@@ -312,6 +312,13 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
         need(micro % pp == 0, f"interleaved 1F1B needs micro-batches per step ({micro} = --global-batch-size / "
              f"(--micro-batch-size x DP)) to be a multiple of --pipeline-model-parallel-size {pp}")
     need(not (o.bf16 and o.fp16), "--bf16 and --fp16 are mutually exclusive")
+    need(not p.overlap_param_gather, "--overlap-param-gather is not implemented yet (Zero-1 gathers "
+         "parameters right after the step); drop the flag")
+    sharded_dropout = m.attention_dropout > 0 or (p.sequence_parallel and m.hidden_dropout > 0)
+    need(not (m.recompute_granularity and tp > 1 and sharded_dropout),
+         "--recompute-granularity with --tensor-model-parallel-size > 1 needs --attention-dropout 0 (and "
+         "--hidden-dropout 0 under --sequence-parallel): recomputation does not replay the per-TP-rank "
+         "dropout stream yet")
     need(o.lr >= 0 and o.min_lr >= 0 and o.min_lr <= o.lr, f"--min-lr {o.min_lr} must be in [0, --lr {o.lr}]")
     if o.lr_decay_iters is None:
         o.lr_decay_iters = t.train_iters

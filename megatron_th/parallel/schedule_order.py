@@ -54,16 +54,23 @@ def order(p: int, rank: int, m: int, v: int = 1, forward_only: bool = False) -> 
     return ops
 
 
-def simulate(p: int, m: int, v: int = 1, f_cost: float = 1.0, b_cost: float = 2.0) -> dict:
-    """Replay every rank's order; an op starts when its rank is free and its input has arrived
-    (forward from the previous virtual stage, backward from the next). Chunk ops cost 1/v of a
-    stage op. Returns makespan, busy time per rank, bubble fraction and peak in-flight forwards."""
+def dependency(kind: str, mb: int, vs: int, nvs: int):
+    """The (kind, micro-batch, virtual stage) whose output this op consumes, or None."""
+    if kind == "F":
+        return ("F", mb, vs - 1) if vs > 0 else None
+    return ("B", mb, vs + 1) if vs < nvs - 1 else ("F", mb, vs)
+
+
+def replay(p: int, m: int, v: int = 1, f_cost: float = 1.0, b_cost: float = 2.0, cost=None) -> list[list[dict]]:
+    """Every rank's ops of one step with start/end times: an op starts when its rank is free and
+    its input has arrived. A chunk op costs 1/v of a stage op, unless ``cost(rank, kind, chunk)``
+    gives each op's cost (e.g. measured times)."""
     f, b = f_cost / v, b_cost / v
+    cost = cost or (lambda r, kind, c: f if kind == "F" else b)
     orders = [order(p, r, m, v) for r in range(p)]
-    done: dict = {}  # (kind, micro, virtual stage) -> end time
+    done: dict = {}
     pos, free = [0] * p, [0.0] * p
-    inflight, peak = [0] * p, [0] * p
-    nvs = p * v
+    ops: list[list[dict]] = [[] for _ in range(p)]
     progress = True
     while progress:
         progress = False
@@ -72,23 +79,34 @@ def simulate(p: int, m: int, v: int = 1, f_cost: float = 1.0, b_cost: float = 2.
                 kind, k = orders[r][pos[r]]
                 c = chunk(k, p, v, kind == "F")
                 mb, vs = micro_batch(k, p, v), c * p + r
-                if kind == "F":
-                    dep = ("F", mb, vs - 1) if vs > 0 else None
-                else:
-                    dep = ("B", mb, vs + 1) if vs < nvs - 1 else ("F", mb, vs)
+                dep = dependency(kind, mb, vs, p * v)
                 if dep is not None and dep not in done:
                     break
                 start = max(free[r], done.get(dep, 0.0))
-                free[r] = done[(kind, mb, vs)] = start + (f if kind == "F" else b)
-                inflight[r] += 1 if kind == "F" else -1
-                peak[r] = max(peak[r], inflight[r])
+                free[r] = done[(kind, mb, vs)] = start + cost(r, kind, c)
+                ops[r].append({"op": kind, "micro_batch": mb, "chunk": c, "start": start, "end": free[r]})
                 pos[r] += 1
                 progress = True
     if any(pos[r] < len(orders[r]) for r in range(p)):
         raise ScheduleError("schedule deadlocks")  # never for the orders above; guards edits
-    makespan = max(free)
+    return ops
+
+
+def peak_inflight(ops: list[dict]) -> int:
+    live = peak = 0
+    for o in ops:
+        live += 1 if o["op"] == "F" else -1
+        peak = max(peak, live)
+    return peak
+
+
+def simulate(p: int, m: int, v: int = 1, f_cost: float = 1.0, b_cost: float = 2.0) -> dict:
+    """Unit-cost replay: makespan, busy time per rank, bubble fraction, peak in-flight forwards."""
+    ops = replay(p, m, v, f_cost, b_cost)
+    makespan = max(r[-1]["end"] for r in ops)
     busy = m * (f_cost + b_cost)
-    return {"makespan": makespan, "busy": busy, "bubble": 1 - busy / makespan, "peak_inflight": peak}
+    return {"makespan": makespan, "busy": busy, "bubble": 1 - busy / makespan,
+            "peak_inflight": [peak_inflight(r) for r in ops]}
 
 
 def bubble_formula(p: int, m: int, v: int = 1) -> float:
