@@ -176,3 +176,47 @@ def test_gqa_groups_must_divide_tp():
                            "--tensor-model-parallel-size", "4"])
     with pytest.raises(ConfigError, match="--num-query-groups 2 is not divisible by --tensor-model-parallel-size 4"):
         finalize(cfg, world_size=4)
+
+
+def _rng_body(rank, world):
+    import torch.distributed as dist
+
+    from megatron_th.config import parse_config, finalize
+    from megatron_th.parallel import comm
+    from megatron_th.parallel.groups import ParallelGroups
+    from megatron_th.parallel.stages import build_chunks
+
+    g = ParallelGroups.build(tp=2, pp=1)  # world 4: TP 2 x DP 2
+    out = {}
+    for sp in (False, True):
+        cfg, _ = parse_config(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                               "--seq-length", "16", "--hidden-dropout", "0.3", "--attention-dropout", "0.3",
+                               "--tensor-model-parallel-size", "2", "--global-batch-size", "4",
+                               "--micro-batch-size", "2", *(["--sequence-parallel"] if sp else [])])
+        finalize(cfg, world)
+        torch.manual_seed(11)  # the same default stream on every rank, as pretrain seeds it
+        model = build_chunks(cfg, 300, g, "cpu", torch.float32).chunks[0].train()
+        with model.tp_rng.fork():
+            forked = torch.rand(6)
+        plain = torch.rand(6)
+        tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+        loss = model(tokens=tokens, labels=tokens).detach()
+        gathered = {}
+        for name, t in (("forked", forked), ("plain", plain), ("loss", loss.reshape(-1))):
+            buf = [torch.empty_like(t) for _ in range(world)]
+            dist.all_gather(buf, t)
+            gathered[name] = [b.tolist() for b in buf]
+        out[sp] = gathered
+    return out, [int(x) for x in g.grid.ravel()]
+
+
+def test_dropout_streams_differ_over_tp_and_match_over_dp():
+    out, grid = D.run(_rng_body, 4, timeout=120)[0]
+    # grid[pp=0, dp, tp]: ranks 0,1 are TP ranks of DP replica 0; ranks 2,3 of replica 1
+    for sp, g in out.items():
+        f = g["forked"]
+        assert f[0] != f[1] and f[2] != f[3]          # sharded activations: a mask per TP rank
+        assert f[0] == f[2] and f[1] == f[3]          # ... and the same on every DP replica
+        assert g["plain"][0] == g["plain"][1] == g["plain"][2]  # replicated activations: one mask
+        # with dropout on, the TP ranks of a replica still compute the very same loss
+        assert g["loss"][0] == pytest.approx(g["loss"][1], rel=1e-6)

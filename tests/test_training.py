@@ -179,3 +179,26 @@ def test_demo_path_end_to_end(tmp_path):
     assert "over 16 iterations" in summary
     assert sorted(os.listdir(tmp_path / "demo"))[:2] == ["iter_0000008", "iter_0000016"]
     assert out.stdout.strip().splitlines()[-1].startswith("ประเทศไทยมี")
+
+
+def test_plot_logs_and_sampling(data_prefix, tmp_path):
+    ck = tmp_path / "ck"
+    run(tiny_argv(data_prefix, tmp_path, "--train-iters", "3", "--save", str(ck), "--eval-interval", "2",
+                  "--split", "90,10,0"))
+    png = tmp_path / "curves.png"
+    out = subprocess.run([sys.executable, "tools/plot_logs.py", str(ck), "--output", str(png)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    from megatron_th.inference import generate, load_for_inference
+
+    model, tok, _ = load_for_inference(str(ck))
+    prompt = tok.encode("ภาษาไทย")
+    a = generate(model, prompt, 12, None, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+    b = generate(model, prompt, 12, None, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+    c = generate(model, prompt, 12, None, temperature=1.0, top_k=50, top_p=0.9, seed=4)
+    assert a == b and a != c and len(a) == 12
+    greedy = generate(model, prompt, 12, None)
+    assert greedy == generate(model, prompt, 12, None, top_k=5)  # greedy ignores sampling filters
+    top1 = generate(model, prompt, 12, None, temperature=1.0, top_k=1, seed=9)
+    assert top1 == greedy  # top-k 1 sampling is greedy
