@@ -53,16 +53,40 @@ def runs(tmp_path_factory):
             for res in D.run(_resume_body, world, prefix, cache, ck, TARGETS, timeout=300):
                 for k, v in res.items():
                     resumed.setdefault(k, v)
-    return full, saved, resumed
+    return full, saved, resumed, ck
 
 
 def test_saved_run_matches_serial(runs):
-    full, saved, _ = runs
+    full, saved, _, _ = runs
     np.testing.assert_allclose(saved, full[:5], rtol=1e-5)
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_resume_at_any_layout_continues_the_serial_run(runs, target):
-    full, _, resumed = runs
+    full, _, resumed, _ = runs
     assert len(resumed[target]) == 5
     np.testing.assert_allclose(resumed[target], full[5:], rtol=1e-5)
+
+
+def test_checkpoint_info_reports_and_verifies_coverage(runs, tmp_path):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ck = runs[3]
+    out = subprocess.run([sys.executable, "tools/checkpoint_info.py", ck], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "iteration        5" in out.stdout and "TP 2 x PP 2 x DP 2" in out.stdout
+    assert "40 samples, 1,280 tokens" in out.stdout and "exactly covered" in out.stdout
+    bad = tmp_path / "bad"
+    shutil.copytree(os.path.join(ck, "iter_0000005"), bad)
+    meta = json.loads((bad / "metadata.json").read_text())
+    name = "layers.0.self_attention.linear_qkv.weight"
+    assert len(meta["tensors"][name]["slices"]) == 2  # one per TP rank
+    meta["tensors"][name]["slices"].pop()
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    out = subprocess.run([sys.executable, "tools/checkpoint_info.py", str(bad)], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 1 and f"error: {name}: slices cover" in out.stderr
