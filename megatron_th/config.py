@@ -107,6 +107,7 @@ class TrainConfig:
     load: Optional[str] = F(None, "Checkpoint directory to resume from.")
     save_interval: Optional[int] = F(None, "Save every N steps (and at the end).")
     keep_last: Optional[int] = F(None, "Keep only the last k checkpoints.")
+    async_save: bool = F(False, "Write checkpoints from a CPU copy in a background thread; committed at the next save or the end.")
     eval_interval: Optional[int] = F(None, "Evaluate every N steps.")
     eval_iters: int = F(2, "Batches per evaluation.")
     log_interval: int = F(10, "Steps between console/JSONL log lines.")

@@ -28,7 +28,9 @@ def _train(args):
 
 
 def _save_body(rank, world, prefix, cache, ck):
-    return _train(argv(prefix, cache, *BASE, *SAVE_LAYOUT, "--train-iters", "5", "--save", ck))
+    # async saves at 2 and 4 (each committed at the next save point), a synchronous one at the end
+    return _train(argv(prefix, cache, *BASE, *SAVE_LAYOUT, "--train-iters", "5", "--save", ck,
+                       "--save-interval", "2", "--async-save"))
 
 
 def _resume_body(rank, world, prefix, cache, ck, targets):

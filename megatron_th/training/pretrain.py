@@ -158,7 +158,7 @@ def pretrain(cfg, log=print) -> dict:
     metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir)
     flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size) / world  # per device
     peak = peak_tflops(prec, device.type, t.peak_tflops)
-    consecutive_skips, losses, gnorms, last_save = 0, [], [], None
+    consecutive_skips, losses, gnorms, last_save, pending = 0, [], [], None, None
     window = {"loss": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0, "comm": 0.0}
     model = core
     model.train()
@@ -211,10 +211,20 @@ def pretrain(cfg, log=print) -> dict:
             if ev is not None:
                 metrics.eval(dict(ev, iteration=it, consumed_samples=state["consumed_samples"]))
         if t.save and t.save_interval and it % t.save_interval == 0:
-            last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
-            log(f"saved {last_save}")
+            if pending is not None:
+                last_save = pending.finish()
+                log(f"saved {last_save}")
+            res = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups, t.async_save)
+            if t.async_save:
+                pending = res
+            else:
+                last_save = res
+                log(f"saved {last_save}")
     if t.pipeline_trace_dir and stepper.pipe is not None:
         write_trace(t.pipeline_trace_dir, groups, stepper.pipe)
+    if pending is not None:
+        last_save = pending.finish()
+        log(f"saved {last_save}")
     if t.save and (last_save is None or not last_save.endswith(f"{state['iteration']:07d}")):
         last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
         log(f"saved {last_save}")

@@ -8,6 +8,8 @@ saved at one TP size loads at another. At the same layout a resumed run is bitwi
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.distributed as dist
 
@@ -47,8 +49,50 @@ def rng_tensors(rank: int, model=None) -> list:
     return [(n, t, list(t.shape), (0,) * t.dim()) for n, t in out]
 
 
-def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, keep_last=None, groups=None) -> str:
-    """Every rank calls this; returns the checkpoint directory."""
+class PendingSave:
+    """A checkpoint whose shard files are being written; ``finish()`` (every rank, at the same
+    point of training) waits for them and commits. Until then ``latest`` still names the previous
+    checkpoint, so a crash in between loses nothing that was committed."""
+
+    def __init__(self, writer, groups, distributed, meta, files, keep_last):
+        self.writer, self.groups, self.distributed = writer, groups, distributed
+        self.meta, self.files, self.keep_last = meta, files, keep_last
+        self.result, self.error, self.thread = None, None, None
+
+    def start(self, write) -> "PendingSave":
+        self.thread = threading.Thread(target=self._run, args=(write,), daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self, write):
+        try:
+            self.result = write()
+        except BaseException as e:  # re-raised on the training thread by finish()
+            self.error = e
+
+    def finish(self) -> str:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        index = self.result
+        indices = [index]
+        if self.distributed:
+            indices = [None] * dist.get_world_size()
+            dist.all_gather_object(indices, index)
+        path = self.writer.final
+        if self.groups.rank == 0:
+            path = self.writer.commit(indices, self.meta, self.files, self.keep_last)
+        if self.distributed:
+            dist.barrier()
+        return path
+
+
+def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, keep_last=None, groups=None,
+               async_save: bool = False):
+    """Every rank calls this. Synchronous: returns the checkpoint directory. With ``async_save``
+    the tensors are copied to CPU now, written by a background thread while training goes on, and
+    a PendingSave is returned: call its finish() on every rank before the next save or the end."""
     groups = groups or _Single()
     distributed = dist.is_initialized() and groups.world_group is not None
     writer = CheckpointWriter(cfg.train.save, state["iteration"])
@@ -65,21 +109,17 @@ def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, k
         for key, t, pname in opt_state:
             pieces += _pieces(key, t, params[pname], groups)
     pieces += rng_tensors(groups.rank, model)
-    index = writer.write_shard(groups.rank, pieces)
-    indices = [index]
-    if distributed:
-        indices = [None] * dist.get_world_size()
-        dist.all_gather_object(indices, index)
-    path = writer.final
-    if groups.rank == 0:
-        meta = {"state": state, "optimizer": optimizer.state_meta(), "config": cfg.to_dict(),
-                "layout": {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp},
-                "tokenizer": "tokenizer.model" if tokenizer_path else None}
-        files = {"tokenizer.model": tokenizer_path} if tokenizer_path else {}
-        path = writer.commit(indices, meta, files, keep_last)
-    if distributed:
-        dist.barrier()
-    return path
+    if async_save:  # a private CPU copy: training keeps updating the originals in place
+        pieces = [(n, t.detach().to("cpu", copy=True), full, off) for n, t, full, off in pieces]
+    meta = {"state": state, "optimizer": optimizer.state_meta(), "config": cfg.to_dict(),
+            "layout": {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp},
+            "tokenizer": "tokenizer.model" if tokenizer_path else None}
+    files = {"tokenizer.model": tokenizer_path} if tokenizer_path else {}
+    pending = PendingSave(writer, groups, distributed, meta, files, keep_last)
+    if async_save:
+        return pending.start(lambda: writer.write_shard(groups.rank, pieces))
+    pending.result = writer.write_shard(groups.rank, pieces)
+    return pending.finish()
 
 
 def open_checkpoint(load_dir: str, iteration: int | None = None) -> CheckpointReader:
