@@ -6,25 +6,12 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
-import pytest
 import torch
 
 from megatron_th.training.checkpoint import CheckpointReader, find_checkpoint
+from tests.test_training import data_prefix  # noqa: F401  (the shared synthetic dataset fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data_prefix(tmp_path_factory):
-    from megatron_th.data.indexed import IndexedDatasetBuilder
-
-    d = tmp_path_factory.mktemp("crashdata")
-    rng = np.random.default_rng(0)
-    with IndexedDatasetBuilder(str(d / "syn")) as b:
-        for _ in range(300):
-            b.add_document(np.append(rng.integers(5, 300, size=rng.integers(5, 60)), 2))
-    return str(d / "syn")
 
 
 def cmd(prefix, save):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import glob
 import hashlib
 import os
 
@@ -52,10 +51,6 @@ def embedded_data_path(root: str | None = None, tokenizer: str = DEFAULT_TOKENIZ
                 run(args, log=lambda m: None)
         fcntl.flock(lock, fcntl.LOCK_UN)
     return [p + "_text_document" for p in prefixes]
-
-
-def all_corpus_globs() -> list[str]:
-    return sorted(glob.glob(os.path.join(CORPUS_DIR, "*.jsonl")))
 
 
 if __name__ == "__main__":  # python -m megatron_th.data.embedded: build and print the prefixes
