@@ -90,7 +90,7 @@ class OptimConfig:
 class DataConfig:
     data_path: list = F([], "Datasets: 'w1 prefix1 w2 prefix2 ...' or just prefixes. Default: the embedded corpus.", nargs="+")
     split: str = F("949,50,1", "Document split train,valid,test.")
-    tokenizer_model: Optional[str] = F(None, "sentencepiece .model, or hf:<dir>. Default: the embedded Thai+English model.")
+    tokenizer_model: Optional[str] = F(None, "sentencepiece .model, or hf:<dir>. Default: the --load checkpoint's tokenizer, else the embedded Thai+English model.")
     data_cache_path: Optional[str] = F(None, "Where sample indices are cached (default: beside the data).")
     micro_batch_size: int = F(4, "Samples per micro-batch per DP rank.")
     global_batch_size: int = F(16, "Samples per optimizer step over all DP ranks.")
@@ -104,7 +104,8 @@ class TrainConfig:
     train_iters: int = F(100, "Total optimizer steps (a resumed run with a larger value continues).")
     seed: int = F(1234, "Seed for weights, data order and dropout.")
     save: Optional[str] = F(None, "Checkpoint directory.")
-    load: Optional[str] = F(None, "Checkpoint directory to resume from.")
+    load: Optional[str] = F(None, "Checkpoint directory to resume from. Without --tokenizer-model its tokenizer is used.")
+    use_checkpoint_args: bool = F(False, "Take the model architecture (layers, widths, heads, norms, RoPE, biases, ...) from the --load checkpoint, e.g. one written by tools/convert_from_hf.py.")
     save_interval: Optional[int] = F(None, "Save every N steps (and at the end).")
     keep_last: Optional[int] = F(None, "Keep only the last k checkpoints.")
     async_save: bool = F(False, "Write checkpoints from a CPU copy in a background thread; committed at the next save or the end.")
@@ -121,6 +122,14 @@ class TrainConfig:
 
 SECTIONS = {"model": ModelConfig, "parallel": ParallelConfig, "optim": OptimConfig,
             "data": DataConfig, "train": TrainConfig}
+
+
+# Model fields that define the weights and the function computed; what checkpoints and conversion carry over
+# (--use-checkpoint-args).
+ARCH_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+               "kv_channels", "max_position_embeddings", "position_embedding_type", "rotary_base",
+               "normalization", "norm_epsilon", "swiglu", "openai_gelu", "disable_bias_linear",
+               "add_qkv_bias", "untie_embeddings_and_output_weights", "make_vocab_size_divisible_by")
 
 
 @dataclass
@@ -205,7 +214,13 @@ def _coerce(name, f, value, where):
         raise ConfigError(f"{where}: {name} must be {tp.__name__}, got {value!r}") from None
 
 
-def load_yaml(path: str) -> dict:
+# A YAML section that training ignores: settings of tools/estimate.py (GPUs, GPU type, vocabulary
+# size, tokens, price), so one file describes both the run and its plan.
+ESTIMATE_SECTION = "estimate"
+
+
+def read_yaml(path: str) -> dict:
+    """The YAML file as written (sections kept)."""
     import yaml
 
     try:
@@ -215,8 +230,17 @@ def load_yaml(path: str) -> dict:
         raise ConfigError(f"--config {path}: no such file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {path}: invalid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of keys to values")
+    return raw
+
+
+def load_yaml(path: str) -> dict:
+    """Config keys of the YAML file, flattened over sections (the estimate section left out)."""
     flat = {}
-    for k, v in raw.items():
+    for k, v in read_yaml(path).items():
+        if k == ESTIMATE_SECTION and isinstance(v, dict):
+            continue
         if k in SECTIONS and isinstance(v, dict):
             flat.update(v)
         else:

@@ -1,22 +1,22 @@
 """Load a trained model from a checkpoint and sample from it (tools/generate.py)."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from megatron_th.config import Config
 from megatron_th.data.tokenizer import load_tokenizer
 from megatron_th.model.gpt import GPTModel
-from megatron_th.training.resume import load_model, open_checkpoint
+from megatron_th.training.resume import load_model, open_checkpoint, tokenizer_spec
 
 
 def load_for_inference(load_dir: str, iteration: int | None = None, dtype=torch.float32, device="cpu"):
     """(model in eval mode, tokenizer, Config) from any checkpoint; no training state needed."""
     reader = open_checkpoint(load_dir, iteration)
     cfg = Config.from_dict(reader.meta["config"])
-    tok_file = os.path.join(reader.path, reader.meta.get("tokenizer") or "tokenizer.model")
-    tokenizer = load_tokenizer(tok_file if os.path.isfile(tok_file) else cfg.data.tokenizer_model)
+    spec = tokenizer_spec(reader) or cfg.data.tokenizer_model
+    if not spec:
+        raise FileNotFoundError(f"{reader.path}: the checkpoint holds no tokenizer and its config names none")
+    tokenizer = load_tokenizer(spec)
     with torch.device("meta"):
         model = GPTModel(cfg.model, tokenizer.vocab_size)
     model.to_empty(device="cpu")

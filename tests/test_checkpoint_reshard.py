@@ -2,6 +2,7 @@
 layouts and optimizer kinds, and continue exactly like an uninterrupted single-process run."""
 import numpy as np
 import pytest
+import torch
 
 from tests import dist as D
 from tests.test_tensor_parallel import _data, argv
@@ -92,3 +93,24 @@ def test_checkpoint_info_reports_and_verifies_coverage(runs, tmp_path):
     (bad / "metadata.json").write_text(json.dumps(meta))
     out = subprocess.run([sys.executable, "tools/checkpoint_info.py", str(bad)], cwd=root, capture_output=True, text=True)
     assert out.returncode == 1 and f"error: {name}: slices cover" in out.stderr
+
+
+def test_hf_export_is_the_same_from_any_layout(runs, tmp_path):
+    """Export of the (2,2,2) Zero-1 checkpoint == export of the same model saved at (1,1,1), bitwise."""
+    pytest.importorskip("tokenizers", reason="HF export needs the [hf] extra")
+    from megatron_th.convert.hf_files import HFWeights
+    from megatron_th.convert.to_hf import export_to_hf
+    from megatron_th.inference import load_for_inference
+    from megatron_th.training.resume import open_checkpoint, save_weights_only, tokenizer_spec
+
+    ck = runs[3]
+    model, _, cfg = load_for_inference(ck)
+    single = str(tmp_path / "single")
+    save_weights_only(single, 5, list(model.state_dict().items()), cfg.to_dict(), tokenizer_spec(open_checkpoint(ck)))
+    a, b = str(tmp_path / "hf_222"), str(tmp_path / "hf_111")
+    export_to_hf(ck, a, log=lambda *x: None)
+    export_to_hf(single, b, log=lambda *x: None)
+    wa, wb = HFWeights(a), HFWeights(b)
+    assert sorted(wa.names()) == sorted(wb.names()) and len(wa.names()) > 10
+    assert all(torch.equal(wa.get(n), wb.get(n)) for n in wa.names())
+    assert open(f"{a}/config.json").read() == open(f"{b}/config.json").read()

@@ -61,6 +61,21 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _write_extra(dst: str, src) -> None:
+    """A file stored beside the tensors: bytes, {file: bytes} (a directory), or a path to copy."""
+    if isinstance(src, dict):
+        os.makedirs(dst, exist_ok=True)
+        for f, data in src.items():
+            _write_extra(os.path.join(dst, f), data)
+        return
+    if isinstance(src, bytes):
+        with open(dst, "wb") as f:
+            f.write(src)
+    else:
+        shutil.copyfile(src, dst)
+    _fsync_file(dst)
+
+
 def shard_entries(rank: int, pieces: list) -> tuple[dict, list]:
     """pieces: [(name, local tensor, full shape, offset)]. Returns (safetensors dict, slice index)."""
     fname = f"shard_{rank:05d}.safetensors"
@@ -112,8 +127,7 @@ class CheckpointWriter:
     def commit(self, indices: list[dict], meta: dict, files: dict | None = None, keep_last: int | None = None) -> str:
         meta = dict(meta, format=FORMAT, iteration=self.iteration, tensors=merge_indices(indices))
         for name, src in (files or {}).items():
-            shutil.copyfile(src, os.path.join(self.tmp, name))
-            _fsync_file(os.path.join(self.tmp, name))
+            _write_extra(os.path.join(self.tmp, name), src)
         _write_atomic(os.path.join(self.tmp, "metadata.json"), json.dumps(meta, indent=1).encode())
         _fsync_dir(self.tmp)
         if os.path.exists(self.final):  # re-saving the same iteration replaces it

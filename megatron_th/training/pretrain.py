@@ -23,9 +23,10 @@ from megatron_th.parallel.groups import ParallelGroups, init_distributed
 from megatron_th.parallel.rng import stage_seed
 from megatron_th.parallel.stages import build_chunks
 from megatron_th.training.checkpoint import find_checkpoint
+from megatron_th.training.checkpoint_args import apply_checkpoint_args
 from megatron_th.training.metrics import MetricsLogger, peak_tflops
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
-from megatron_th.training.resume import load_state, open_checkpoint, save_state
+from megatron_th.training.resume import load_state, open_checkpoint, save_state, tokenizer_files
 from megatron_th.training.schedules import LRSchedule
 from megatron_th.training.step import Stepper
 
@@ -115,6 +116,7 @@ def make_grad_buffers(cfg, named, groups) -> GradBuffers:
 def pretrain(cfg, log=print) -> dict:
     """Runs training as configured; returns a summary (final state, last losses)."""
     rank, world, device = init_distributed(cfg.parallel.distributed_backend)
+    apply_checkpoint_args(cfg, log if rank == 0 else (lambda *a, **k: None))
     finalize(cfg, world)
     p = cfg.parallel
     groups = ParallelGroups.build(p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
@@ -129,6 +131,7 @@ def pretrain(cfg, log=print) -> dict:
     prec, dtype = precision(cfg)
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
     tokenizer, tok_path, datasets = setup_data(cfg, log)
+    tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
     core = build_chunks(cfg, tokenizer.vocab_size, groups, device, dtype)
     runners = [torch.compile(c) for c in core.chunks] if t.compile else core.chunks
     named = list(core.named_parameters())
@@ -214,7 +217,7 @@ def pretrain(cfg, log=print) -> dict:
             if pending is not None:
                 last_save = pending.finish()
                 log(f"saved {last_save}")
-            res = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups, t.async_save)
+            res = save_state(cfg, core, optimizer, dict(state), tok_files, t.keep_last, groups, t.async_save)
             if t.async_save:
                 pending = res
             else:
@@ -226,7 +229,7 @@ def pretrain(cfg, log=print) -> dict:
         last_save = pending.finish()
         log(f"saved {last_save}")
     if t.save and (last_save is None or not last_save.endswith(f"{state['iteration']:07d}")):
-        last_save = save_state(cfg, core, optimizer, dict(state), tok_path, t.keep_last, groups)
+        last_save = save_state(cfg, core, optimizer, dict(state), tok_files, t.keep_last, groups)
         log(f"saved {last_save}")
     return {"state": state, "losses": losses, "grad_norms": gnorms, "checkpoint": last_save, "model": model,
             "groups": groups, "optimizer": optimizer, "buffers": buffers, "named_params": named}

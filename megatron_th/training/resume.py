@@ -8,6 +8,7 @@ saved at one TP size loads at another. At the same layout a resumed run is bitwi
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -88,11 +89,69 @@ class PendingSave:
         return path
 
 
-def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, keep_last=None, groups=None,
+def tokenizer_files(spec) -> tuple[str | None, dict]:
+    """(name inside the checkpoint, {name: contents}) for a tokenizer spec, read into memory now: a
+    sentencepiece file is stored as ``tokenizer.model`` (bytes), an HF tokenizer directory
+    (``hf:<dir>``) as ``tokenizer/`` ({file: bytes}). Reading once at startup lets every later
+    checkpoint store the tokenizer even when its source was a checkpoint since pruned. A tuple
+    already made by this function passes through."""
+    if isinstance(spec, tuple):
+        return spec
+    if not spec:
+        return None, {}
+    spec = str(spec)
+    if spec.startswith("hf:"):
+        src = spec[3:]
+        files = {}
+        for f in sorted(os.listdir(src)):
+            if os.path.isfile(os.path.join(src, f)):
+                with open(os.path.join(src, f), "rb") as fh:
+                    files[f] = fh.read()
+        return "tokenizer", {"tokenizer": files}
+    with open(spec, "rb") as fh:
+        return "tokenizer.model", {"tokenizer.model": fh.read()}
+
+
+def tokenizer_spec(reader) -> str | None:
+    """The tokenizer stored in a checkpoint, as a ``load_tokenizer`` spec (None if it has none)."""
+    name = reader.meta.get("tokenizer")
+    if not name:
+        return None
+    path = os.path.join(reader.path, name)
+    if os.path.isdir(path):
+        return "hf:" + path
+    return path if os.path.isfile(path) else None
+
+
+def save_weights_only(save_dir: str, iteration: int, named_tensors, config: dict, tokenizer: str | None,
+                      extra_meta: dict | None = None, shard_bytes: int = 2 ** 30) -> str:
+    """One process writes a checkpoint holding only model weights (whole logical tensors), e.g. an
+    imported model. ``named_tensors`` is consumed lazily and written in shards of about
+    ``shard_bytes``, so memory stays near one shard. ``--load`` starts from it at iteration
+    ``iteration`` with a fresh optimizer (fp32 masters taken from these weights)."""
+    writer = CheckpointWriter(save_dir, iteration)
+    writer.prepare()
+    indices, pieces, size = [], [], 0
+    for name, t in named_tensors:
+        pieces.append((name, t, list(t.shape), (0,) * t.dim()))
+        size += t.numel() * t.element_size()
+        if size >= shard_bytes:
+            indices.append(writer.write_shard(len(indices), pieces))
+            pieces, size = [], 0
+    if pieces or not indices:
+        indices.append(writer.write_shard(len(indices), pieces))
+    tok_name, files = tokenizer_files(tokenizer)
+    meta = {"state": {"iteration": iteration, "consumed_samples": 0, "skipped_iters": 0}, "config": config,
+            "layout": {"tp": 1, "pp": 1, "dp": 1}, "tokenizer": tok_name, **(extra_meta or {})}
+    return writer.commit(indices, meta, files)
+
+
+def save_state(cfg, model, optimizer, state: dict, tokenizer, keep_last=None, groups=None,
                async_save: bool = False):
     """Every rank calls this. Synchronous: returns the checkpoint directory. With ``async_save``
     the tensors are copied to CPU now, written by a background thread while training goes on, and
-    a PendingSave is returned: call its finish() on every rank before the next save or the end."""
+    a PendingSave is returned: call its finish() on every rank before the next save or the end.
+    ``tokenizer``: a spec (path or hf:<dir>), a ``tokenizer_files`` result, or None."""
     groups = groups or _Single()
     distributed = dist.is_initialized() and groups.world_group is not None
     writer = CheckpointWriter(cfg.train.save, state["iteration"])
@@ -111,10 +170,9 @@ def save_state(cfg, model, optimizer, state: dict, tokenizer_path: str | None, k
     pieces += rng_tensors(groups.rank, model)
     if async_save:  # a private CPU copy: training keeps updating the originals in place
         pieces = [(n, t.detach().to("cpu", copy=True), full, off) for n, t, full, off in pieces]
+    tok_name, files = tokenizer_files(tokenizer)
     meta = {"state": state, "optimizer": optimizer.state_meta(), "config": cfg.to_dict(),
-            "layout": {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp},
-            "tokenizer": "tokenizer.model" if tokenizer_path else None}
-    files = {"tokenizer.model": tokenizer_path} if tokenizer_path else {}
+            "layout": {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp}, "tokenizer": tok_name}
     pending = PendingSave(writer, groups, distributed, meta, files, keep_last)
     if async_save:
         return pending.start(lambda: writer.write_shard(groups.rank, pieces))
@@ -151,13 +209,16 @@ def load_state(reader: CheckpointReader, model, optimizer, groups=None) -> dict:
     """Restores model, optimizer (if saved) and, at the same layout, RNG; returns the saved state."""
     groups = groups or _Single()
     load_model(reader, model, groups)
-    if optimizer is not None and "optimizer" in reader.meta:
+    if optimizer is not None:
         params = dict(model.named_parameters())
         tensors = {}
         for key, pname in optimizer.state_keys():
             if key in reader.tensors:
                 tensors[key] = _read_local(reader, key, params[pname], groups)
-        optimizer.load_state(tensors, reader.meta["optimizer"])
+            elif key.startswith("optim.master."):  # weights-only checkpoint: masters from the saved
+                tensors[key] = _read_local(reader, pname, params[pname], groups)  # weights, full precision
+        fresh = {"step": 0, "loss_scaler": optimizer.scaler.state_dict()}
+        optimizer.load_state(tensors, reader.meta.get("optimizer", fresh))
     same_layout = reader.meta.get("layout") == {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp}
     r = groups.rank
     if same_layout and f"rng.{r}.cpu" in reader.tensors:

@@ -1,0 +1,131 @@
+"""A Hugging Face Llama / Mistral / Qwen2 / GPT-2 directory -> our checkpoint (weights only).
+
+The result loads with ``--load DIR --use-checkpoint-args`` at any TP/PP/DP (checkpoints are
+topology-free) and starts at iteration 0 with a fresh optimizer whose fp32 masters are these
+weights. Tensors are streamed one rule at a time into shards. The tokenizer is stored in the
+checkpoint: the HF tokenizer files (``tokenizer/``), or with ``extend_vocab`` the new
+sentencepiece model, whose extra rows are initialised by ``extend_vocab.new_rows``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import torch
+
+from megatron_th.config import Config
+from megatron_th.convert.hf_arch import ARCHITECTURES, ConversionError, model_fields_from_hf
+from megatron_th.convert.hf_files import HFWeights
+from megatron_th.convert.hf_tokenizer import HF_TOKENIZER_FILES
+from megatron_th.convert.hf_weights import rules
+from megatron_th.convert.to_hf import DTYPES, prepare_output, publish
+from megatron_th.data.tokenizer import load_tokenizer, padded_vocab_size
+from megatron_th.training.resume import save_weights_only
+
+_IGNORED = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers older checkpoints saved
+
+
+def _read_config(hf_dir: str) -> dict:
+    path = os.path.join(hf_dir, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConversionError(f"--hf {hf_dir}: no config.json (is this a Hugging Face model directory?)") from None
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def _tokenizer_dir(hf_dir: str, staging: str) -> str:
+    """Copy the HF tokenizer files into ``staging`` (stored in the checkpoint as ``tokenizer/``)."""
+    names = [f for f in HF_TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, f))]
+    if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ConversionError(f"--hf {hf_dir}: no tokenizer files (tokenizer.json / tokenizer.model / vocab.json); "
+                              "pass --tokenizer-model")
+    os.makedirs(staging, exist_ok=True)
+    for n in names:
+        shutil.copyfile(os.path.join(hf_dir, n), os.path.join(staging, n))
+    return staging
+
+
+def import_from_hf(hf_dir: str, output: str, tokenizer_model: str | None = None, extend_vocab: str | None = None,
+                   dtype: str | None = None, seq_length: int | None = None, overwrite: bool = False,
+                   shard_bytes: int = 2 ** 30, log=print) -> dict:
+    t0 = time.time()
+    hf = _read_config(hf_dir)
+    arch, fields = model_fields_from_hf(hf, os.path.join(hf_dir, "config.json"), log)
+    weights = HFWeights(hf_dir)
+    prefix = "transformer." if arch == "gpt2" else ""
+
+    def hf_name(n: str) -> str:  # old GPT-2 files name tensors without "transformer."
+        return n if n in weights or not prefix or n[len(prefix):] not in weights else n[len(prefix):]
+
+    tmp = prepare_output(output, overwrite)
+    staging = os.path.join(tmp, ".staging")
+    tok_spec = tokenizer_model or "hf:" + _tokenizer_dir(hf_dir, os.path.join(staging, "tokenizer"))
+    old_tok = load_tokenizer(tok_spec)
+    emb_name = hf_name("transformer.wte.weight" if arch == "gpt2" else "model.embed_tokens.weight")
+    rows = weights.get(emb_name).shape[0]
+    if old_tok.vocab_size > rows:
+        raise ConversionError(f"--hf {hf_dir}: the tokenizer has {old_tok.vocab_size} tokens but the embedding "
+                              f"{emb_name} has only {rows} rows")
+    if rows > old_tok.vocab_size:
+        log(f"note: the embedding has {rows} rows for {old_tok.vocab_size} tokens; the {rows - old_tok.vocab_size} "
+            "rows no token id reaches are dropped (and not exported back)")
+    vocab, extension = old_tok.vocab_size, None
+    if extend_vocab:
+        from megatron_th.convert.extend_vocab import VocabExtension
+
+        extension = VocabExtension(old_tok, extend_vocab, log)
+        vocab, tok_spec = extension.new_vocab_size, extend_vocab
+    cfg = Config()
+    for k, v in fields.items():
+        setattr(cfg.model, k, v)
+    m = cfg.model
+    m.seq_length = seq_length or min(m.max_position_embeddings, 4096)
+    m.hidden_dropout = m.attention_dropout = 0.0
+    m.init_method_std = hf.get("initializer_range", m.init_method_std)
+    padded = padded_vocab_size(vocab, m.make_vocab_size_divisible_by)
+    plan = rules(m, arch, vocab, padded)
+    known = {hf_name(n) for r in plan for n in r.hf}
+    if not m.untie_embeddings_and_output_weights:
+        known.add("lm_head.weight")  # some tied checkpoints store the copy too
+    extra = [n for n in weights.names() if n not in known and not n.endswith(_IGNORED)]
+    if extra:
+        raise ConversionError(f"--hf {hf_dir}: tensors this {arch} config does not explain: {extra[:4]}"
+                              f"{' ...' if len(extra) > 4 else ''}")
+    cast = DTYPES[dtype] if dtype else None
+    stats = {"tensors": 0, "bytes": 0}
+
+    def tensors():
+        for rule in plan:
+            got = [weights.get(hf_name(n)) for n in rule.hf]
+            if rule.ours[0] in ("embedding.word_embeddings.weight", "output_layer.weight"):
+                got = [got[0][: old_tok.vocab_size]]
+                if extension is not None:
+                    got = [extension.extend(got[0])]
+            for name, t in zip(rule.ours, rule.from_hf(got)):
+                t = t.to(cast) if cast is not None else t
+                stats["tensors"] += 1
+                stats["bytes"] += t.numel() * t.element_size()
+                yield name, t
+
+    meta = {"source": {"hf_dir": os.path.abspath(hf_dir), "architecture": ARCHITECTURES[arch],
+                       "hf_vocab_rows": rows, "extended_from": old_tok.vocab_size if extension else None}}
+    path = save_weights_only(os.path.join(tmp, "ck"), 0, tensors(), cfg.to_dict(), tok_spec, meta, shard_bytes)
+    # the checkpoint was built inside tmp; move its contents up so that OUTPUT is the --load dir
+    for name in os.listdir(os.path.join(tmp, "ck")):
+        os.replace(os.path.join(tmp, "ck", name), os.path.join(tmp, name))
+    os.rmdir(os.path.join(tmp, "ck"))
+    shutil.rmtree(staging, ignore_errors=True)
+    publish(tmp, output)
+    summary = {"architecture": arch, "vocab_size": vocab, "padded_vocab_size": padded, **stats,
+               "added_tokens": extension.added if extension else 0, "seconds": time.time() - t0,
+               "checkpoint": os.path.join(output, os.path.basename(path))}
+    log(f"wrote {output}: {arch} -> megatron_th, {stats['tensors']} tensors, {stats['bytes'] / 2 ** 20:.1f} MiB, "
+        f"vocab {vocab} (padded {padded}), {summary['seconds']:.1f} s")
+    log(f"continue pretraining with: torchrun --nproc-per-node N pretrain_gpt.py --load {output} "
+        f"--use-checkpoint-args --save NEW_DIR --data-path ... [--tensor-model-parallel-size ...]")
+    return summary

@@ -1,0 +1,29 @@
+"""What a run takes from its ``--load`` checkpoint before the model is built: the tokenizer (when
+``--tokenizer-model`` is not given) and, with ``--use-checkpoint-args``, the model architecture
+(Megatron-LM's flag of the same name). Runs on every rank before ``finalize``."""
+from __future__ import annotations
+
+from megatron_th.training.checkpoint import find_checkpoint
+
+
+def apply_checkpoint_args(cfg, log=print) -> None:
+    from megatron_th.config import ARCH_FIELDS
+    from megatron_th.training.resume import open_checkpoint, tokenizer_spec
+
+    t, d = cfg.train, cfg.data
+    if not t.load or find_checkpoint(t.load) is None:
+        return
+    reader = open_checkpoint(t.load)
+    if not d.tokenizer_model:
+        d.tokenizer_model = tokenizer_spec(reader)
+        if d.tokenizer_model:
+            log(f"tokenizer: {d.tokenizer_model} (from --load)")
+    if t.use_checkpoint_args:
+        saved = reader.meta.get("config", {}).get("model", {})
+        changed = []
+        for k in ARCH_FIELDS:
+            if k in saved and getattr(cfg.model, k) != saved[k]:
+                changed.append(k)
+                setattr(cfg.model, k, saved[k])
+        log(f"--use-checkpoint-args: model architecture from {reader.path}"
+            + (f" (replaced {', '.join(changed)})" if changed else ""))
