@@ -62,39 +62,17 @@ def train_argv(precision: str, zero: bool, iters: int) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # worker (one rank of one DP layout; runs every variant in turn)
 
-def saved_activation_bytes(model, param_ptrs: set, seed: int = 0) -> dict:
-    """One forward + backward of a [MBS, SEQ] micro-batch; bytes of the storages saved for backward."""
+def activation_bytes(model, param_ptrs: set, seed: int = 0) -> dict:
+    """One forward + backward of a [MBS, SEQ] micro-batch of random tokens; bytes of the storages
+    saved for backward (training/memory.py ``saved_activation_bytes``, shared with the tests)."""
     import torch
+
+    from megatron_th.training.memory import saved_activation_bytes
 
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, VOCAB_BELOW, (MBS, SEQ), generator=gen)
     labels = torch.randint(0, VOCAB_BELOW, (MBS, SEQ), generator=gen)
-    loss_mask = torch.ones(MBS, SEQ)
-    acts: dict = {}   # storage data_ptr -> (nbytes, tensor kept alive so the address stays unique)
-    weights: dict = {}
-    count = [0]
-
-    def pack(t):
-        count[0] += 1
-        try:
-            st = t.untyped_storage()
-            ptr, nbytes = st.data_ptr(), st.nbytes()
-        except (RuntimeError, NotImplementedError, TypeError):  # no plain storage (e.g. a subclass)
-            ptr, nbytes = id(t), t.numel() * t.element_size()
-        if nbytes:
-            (weights if ptr in param_ptrs else acts)[ptr] = (nbytes, t)
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        per_token = model(tokens=tokens, labels=labels)
-        loss = (per_token * loss_mask).sum() / loss_mask.sum()
-    out = {"activation_bytes": sum(n for n, _ in acts.values()), "activation_storages": len(acts),
-           "saved_parameter_bytes": sum(n for n, _ in weights.values()), "saved_tensors": count[0]}
-    loss.backward()
-    acts.clear()
-    weights.clear()
-    return out
+    return saved_activation_bytes(model, {"tokens": tokens, "labels": labels}, torch.ones(MBS, SEQ), param_ptrs)
 
 
 def run_variant(precision: str, zero: bool, iters: int) -> dict | None:
@@ -128,7 +106,7 @@ def run_variant(precision: str, zero: bool, iters: int) -> dict | None:
         model = res["model"].chunks[0]
         param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
         t1 = time.perf_counter()
-        act = saved_activation_bytes(model, param_ptrs)
+        act = activation_bytes(model, param_ptrs)
         bpp = analytic_bytes_per_param(precision, dp, zero)
         out = {"precision": precision, "dp": dp, "distributed_optimizer": zero, "world": world,
                "parameters": nparams, "buffer_numel": buffers.numel, "padding": buffers.numel - nparams,

@@ -24,6 +24,27 @@ from megatron_th.parallel import comm
 DEFAULT_BUCKET = 40_000_000
 
 
+def bucket_layout(numels: list[int], bucket_size: int, dp: int) -> tuple[list[int], list[tuple[int, int, list[int]]]]:
+    """Where each parameter's gradient lives in the contiguous buffer, for parameters in backward
+    order: ``(offsets, buckets)``, ``offsets[i]`` the start of parameter i, each bucket
+    ``(start, end, [i, ...])`` closed once it holds ``bucket_size`` elements (or at the last
+    parameter) and padded to a multiple of ``dp``. The estimator (estimate/memory.py) uses this
+    too, so predicted per-rank bytes include the very same padding."""
+    offsets, buckets = [], []
+    offset = start = 0
+    current: list[int] = []
+    for i, n in enumerate(numels):
+        offsets.append(offset)
+        offset += n
+        current.append(i)
+        if offset - start >= bucket_size or i == len(numels) - 1:
+            end = start + -(-(offset - start) // dp) * dp  # pad to a multiple of DP
+            buckets.append((start, end, current))
+            offset = start = end
+            current = []
+    return offsets, buckets
+
+
 class Bucket:
     def __init__(self, start: int, end: int, params: list):
         self.start, self.end, self.params = start, end, params
@@ -42,23 +63,16 @@ class GradBuffers:
         params = [p for _, p in named_params]
         names = {id(p): n for n, p in named_params}
         order = list(reversed(params))  # backward order: the last layers' grads are ready first
+        offsets, layout = bucket_layout([p.numel() for p in order], bucket_size, self.dp)
+        self.param_index: dict = {id(p): off for p, off in zip(order, offsets)}  # id(param) -> offset in buffer
         self.buckets: list[Bucket] = []
-        self.param_index: dict = {}  # id(param) -> (bucket, offset in buffer)
+        for start, end, idx in layout:
+            b = Bucket(start, end, [order[i] for i in idx])
+            b.deferred = any(names[id(q)] in deferred_names or getattr(q, "sequence_parallel", False)
+                             for q in b.params)
+            self.buckets.append(b)
         dtype = grad_dtype or (params[0].dtype if params else torch.float32)
-        offset, current, start = 0, [], 0
-        for i, p in enumerate(order):
-            self.param_index[id(p)] = offset
-            offset += p.numel()
-            current.append(p)
-            if offset - start >= bucket_size or i == len(order) - 1:
-                end = start + -(-(offset - start) // self.dp) * self.dp  # pad to a multiple of DP
-                b = Bucket(start, end, current)
-                b.deferred = any(names[id(q)] in deferred_names or getattr(q, "sequence_parallel", False)
-                                 for q in current)
-                self.buckets.append(b)
-                offset = start = end
-                current = []
-        self.numel = offset
+        self.numel = layout[-1][1] if layout else 0
         device = params[0].device if params else "cpu"
         self.data = torch.zeros(self.numel, dtype=dtype, device=device)
         self.param_data = None

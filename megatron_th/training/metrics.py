@@ -11,15 +11,7 @@ import time
 
 import torch
 
-# Dense peak TFLOP/s per device (bf16/fp16 tensor cores; fp32 = TF32 where the card has it).
-GPU_PEAK_TFLOPS = {
-    "a100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
-    "h100": {"bf16": 989.0, "fp16": 989.0, "fp32": 495.0},
-    "h200": {"bf16": 989.0, "fp16": 989.0, "fp32": 495.0},
-    "l40s": {"bf16": 362.0, "fp16": 362.0, "fp32": 183.0},
-    "a10": {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5},
-    "v100": {"bf16": 0.0, "fp16": 125.0, "fp32": 15.7},
-}
+from megatron_th.estimate.hardware import match_device
 
 
 def measure_matmul_tflops(dtype=torch.float32, n: int = 1024, reps: int = 5, device="cpu") -> float:
@@ -42,10 +34,9 @@ def peak_tflops(dtype_name: str, device: str, override: float | None = None) -> 
     if override:
         return override
     if device.startswith("cuda") and torch.cuda.is_available():
-        name = torch.cuda.get_device_name().lower()
-        for key, table in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return table[dtype_name]
+        gpu = match_device(torch.cuda.get_device_name())  # dense peak (estimate/hardware.py)
+        if gpu is not None and gpu.peak(dtype_name):
+            return gpu.peak(dtype_name)
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     return measure_matmul_tflops(dt, device=device)
 

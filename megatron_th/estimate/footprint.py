@@ -1,0 +1,70 @@
+"""Memory of one GPU by component, for every pipeline rank: static state (memory.py), the
+activations the pipeline schedule keeps in flight (activations.py), our pipeline's send buffers,
+and the transient logits / fp32 gradient copies. The peak rank decides whether a layout fits.
+"""
+from __future__ import annotations
+
+from megatron_th.data.tokenizer import padded_vocab_size
+from megatron_th.estimate import activations as act
+from megatron_th.estimate.memory import grad_bytes, precision, static_bytes
+from megatron_th.estimate.params import rank_params, virtual_stages
+
+
+def layout(cfg, gpus: int) -> dict:
+    p, d = cfg.parallel, cfg.data
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    dp = gpus // (tp * pp)
+    per = p.num_layers_per_virtual_pipeline_stage
+    v = (cfg.model.num_layers // pp) // per if per else 1
+    return {"gpus": gpus, "tp": tp, "pp": pp, "dp": dp, "virtual_stages": v,
+            "sequence_parallel": bool(p.sequence_parallel and tp > 1), "zero1": p.use_distributed_optimizer,
+            "recompute": cfg.model.recompute_granularity, "micro_batch_size": d.micro_batch_size,
+            "global_batch_size": d.global_batch_size,
+            "micro_batches": d.global_batch_size // (d.micro_batch_size * dp)}
+
+
+def rank_memory(cfg, gpus: int, vocab_size: int, device: str = "cuda") -> list[dict]:
+    """Bytes per component on each PP rank (TP rank 0, DP rank 0; the others hold the same or,
+    under Zero-1, up to a bucket's padding less). ``cfg`` must be finalized for ``gpus``."""
+    m, lay = cfg.model, layout(cfg, gpus)
+    tp, pp, dp, v, sp = lay["tp"], lay["pp"], lay["dp"], lay["virtual_stages"], lay["sequence_parallel"]
+    mb, s, micro = lay["micro_batch_size"], m.seq_length, lay["micro_batches"]
+    prec = precision(cfg.optim)
+    k = act.kernels_for(m, prec, device)
+    vp = padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by)
+    if vp % tp:  # as model/parallelize.py refuses it
+        raise ValueError(f"padded vocab {vp} is not divisible by --tensor-model-parallel-size {tp}; choose "
+                         f"--make-vocab-size-divisible-by as a multiple of {tp}")
+    out = []
+    for r in range(pp):
+        named = rank_params(m, cfg.parallel, vp, r)
+        st = static_bytes([n for _, n in named], prec, grad_bytes(cfg), dp, lay["zero1"],
+                          cfg.parallel.ddp_bucket_size)
+        chunks = virtual_stages(m, cfg.parallel, r)
+        parts = [act.chunk_bytes(m, s, mb, vocab_size, vp, tp, sp, lay["recompute"], k,
+                                 c["layer_range"][1] - c["layer_range"][0], c["pre_process"], c["post_process"])
+                 for c in chunks]
+        peak, n_live = act.inflight(pp, r, micro, v, [sum(pt.values()) for pt in parts])
+        p2p = act.p2p_held_bytes(pp, r, micro, v, s, mb, m.hidden_size, tp, sp, k.act_bytes)
+        last = any(c["post_process"] for c in chunks)
+        # the head's [b, s, V/t] logits in the activation dtype and one fp32 gradient of them in backward
+        logits_transient = mb * s * (vp // tp) * (k.act_bytes + 4) if last else 0
+        # fp16: the unscaled fp32 copies of the gradients exist during the optimizer step
+        step_transient = st["owned_numel"] * 4 if (prec == "fp16" and grad_bytes(cfg) == 2) else 0
+        layers = sum(c["layer_range"][1] - c["layer_range"][0] for c in chunks)
+        per_layer = act.layer_terms(m, s, mb, tp, sp, lay["recompute"], k)
+        rec = {"pp_rank": r, "layers": layers, "first_stage": any(c["pre_process"] for c in chunks),
+               "last_stage": last, "params": st["numel"], "weights": st["params"],
+               "grads": st["grads"], "optimizer": st["master"] + st["moments"], "master": st["master"],
+               "moments": st["moments"], "activations": peak, "inflight_chunks": n_live,
+               "activation_per_layer": sum(per_layer.values()), "activation_terms": per_layer,
+               "activation_parts": [dict(pt) for pt in parts], "pipeline_buffers": p2p,
+               "logits_transient": logits_transient, "step_transient": step_transient,
+               "static": st["total"], "buffer_numel": st["buffer_numel"], "owned_numel": st["owned_numel"]}
+        rec["total"] = st["total"] + max(peak + p2p + logits_transient, step_transient)
+        out.append(rec)
+    return out
+
+
+def peak_rank(ranks: list[dict]) -> dict:
+    return max(ranks, key=lambda r: r["total"])
