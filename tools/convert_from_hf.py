@@ -28,13 +28,16 @@ def main(argv=None) -> int:
     p.add_argument("--extend-vocab", metavar="NEW.model", help="extended sentencepiece model: grow embedding and head")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="store weights in this dtype (default: as in the HF files)")
     p.add_argument("--seq-length", type=int, help="sequence length recorded in the config (default min(max positions, 4096))")
+    p.add_argument("--max-shard-size", default="1GB", help="checkpoint shard size: memory holds about one (default 1GB)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     a = p.parse_args(argv)
     from megatron_th.convert.from_hf import import_from_hf
     from megatron_th.convert.hf_arch import ConversionError
+    from megatron_th.convert.hf_files import parse_size
 
     try:
-        import_from_hf(a.hf, a.output, a.tokenizer_model, a.extend_vocab, a.dtype, a.seq_length, a.overwrite)
+        import_from_hf(a.hf, a.output, a.tokenizer_model, a.extend_vocab, a.dtype, a.seq_length, a.overwrite,
+                       parse_size(a.max_shard_size))
     except (ConversionError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
