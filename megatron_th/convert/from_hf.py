@@ -67,7 +67,7 @@ def import_from_hf(hf_dir: str, output: str, tokenizer_model: str | None = None,
     tok_spec = tokenizer_model or "hf:" + _tokenizer_dir(hf_dir, os.path.join(staging, "tokenizer"))
     old_tok = load_tokenizer(tok_spec)
     emb_name = hf_name("transformer.wte.weight" if arch == "gpt2" else "model.embed_tokens.weight")
-    rows = weights.get(emb_name).shape[0]
+    rows = weights.shape(emb_name)[0]  # the header only: the embedding is read once, later
     if old_tok.vocab_size > rows:
         raise ConversionError(f"--hf {hf_dir}: the tokenizer has {old_tok.vocab_size} tokens but the embedding "
                               f"{emb_name} has only {rows} rows")
@@ -114,12 +114,8 @@ def import_from_hf(hf_dir: str, output: str, tokenizer_model: str | None = None,
 
     meta = {"source": {"hf_dir": os.path.abspath(hf_dir), "architecture": ARCHITECTURES[arch],
                        "hf_vocab_rows": rows, "extended_from": old_tok.vocab_size if extension else None}}
-    path = save_weights_only(os.path.join(tmp, "ck"), 0, tensors(), cfg.to_dict(), tok_spec, meta, shard_bytes)
-    # the checkpoint was built inside tmp; move its contents up so that OUTPUT is the --load dir
-    for name in os.listdir(os.path.join(tmp, "ck")):
-        os.replace(os.path.join(tmp, "ck", name), os.path.join(tmp, name))
-    os.rmdir(os.path.join(tmp, "ck"))
-    shutil.rmtree(staging, ignore_errors=True)
+    path = save_weights_only(tmp, 0, tensors(), cfg.to_dict(), tok_spec, meta, shard_bytes)
+    shutil.rmtree(staging, ignore_errors=True)  # the tokenizer files are now inside the checkpoint
     publish(tmp, output)
     summary = {"architecture": arch, "vocab_size": vocab, "padded_vocab_size": padded, **stats,
                "added_tokens": extension.added if extension else 0, "seconds": time.time() - t0,

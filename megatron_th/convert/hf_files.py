@@ -125,8 +125,16 @@ class HFWeights:
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
-    def get(self, name: str) -> torch.Tensor:
+    def _holder(self, name: str):
         if name not in self.where:
             raise ConversionError(f"{self.dir}: the weights have no tensor {name!r}")
-        f = self._file(self.where[name])
+        return self._file(self.where[name])
+
+    def shape(self, name: str) -> list[int]:
+        """A tensor's shape without reading its data."""
+        f = self._holder(name)
+        return list(f.get_slice(name).get_shape()) if hasattr(f, "get_slice") else list(f[name].shape)
+
+    def get(self, name: str) -> torch.Tensor:
+        f = self._holder(name)
         return f.get_tensor(name) if hasattr(f, "get_tensor") else f[name]

@@ -51,7 +51,7 @@ def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int, q_
     return torch.cat(parts, dim=1).reshape(groups * (q_per_group + 2) * hd, *rest).contiguous()
 
 
-def _vocab_rules(ours: str, hf: str, vocab: int, padded: int) -> Rule:
+def _vocab_rule(ours: str, hf: str, vocab: int, padded: int) -> Rule:
     def to_hf(ts):
         return [ts[0][:vocab].contiguous()]
 
@@ -101,7 +101,7 @@ def rules(m, arch: str, vocab: int, padded: int) -> list[Rule]:
         out.append(Rule((o,), (h,), fn, fn))
 
     if arch == "gpt2":
-        out.append(_vocab_rules("embedding.word_embeddings.weight", "transformer.wte.weight", vocab, padded))
+        out.append(_vocab_rule("embedding.word_embeddings.weight", "transformer.wte.weight", vocab, padded))
         one("embedding.position_embeddings.weight", "transformer.wpe.weight")
         for i in range(m.num_layers):
             o, h = f"layers.{i}.", f"transformer.h.{i}."
@@ -120,7 +120,7 @@ def rules(m, arch: str, vocab: int, padded: int) -> list[Rule]:
         one("final_norm.bias", "transformer.ln_f.bias")
         return out
 
-    out.append(_vocab_rules("embedding.word_embeddings.weight", "model.embed_tokens.weight", vocab, padded))
+    out.append(_vocab_rule("embedding.word_embeddings.weight", "model.embed_tokens.weight", vocab, padded))
     qkv_bias = (not m.disable_bias_linear) or m.add_qkv_bias
     biased = not m.disable_bias_linear
     for i in range(m.num_layers):
@@ -136,5 +136,5 @@ def rules(m, arch: str, vocab: int, padded: int) -> list[Rule]:
             one(o + f"mlp.linear_fc2.{w}", h + f"mlp.down_proj.{w}")
     one("final_norm.weight", "model.norm.weight")
     if not tied:
-        out.append(_vocab_rules("output_layer.weight", "lm_head.weight", vocab, padded))
+        out.append(_vocab_rule("output_layer.weight", "lm_head.weight", vocab, padded))
     return out
