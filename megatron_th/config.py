@@ -61,6 +61,8 @@ class ParallelConfig:
     overlap_param_gather: bool = F(False, "Gather Zero-1 params during the next forward.")
     accumulate_allreduce_grads_in_fp32: bool = F(False, "Keep the gradient buffer in fp32 under bf16.")
     distributed_backend: Optional[str] = F(None, "gloo | nccl (default: nccl with CUDA, else gloo).")
+    distributed_timeout_minutes: int = F(10, "Timeout of collectives (NCCL watchdog) in minutes; waits for "
+                                             "one-rank work such as building dataset indices use max(this, 60).")
 
 
 @dataclass
@@ -78,6 +80,8 @@ class OptimConfig:
     adam_eps: float = F(1e-8, "AdamW epsilon.")
     clip_grad: float = F(1.0, "Global gradient-norm clip (0 = off).")
     bf16: bool = F(False, "bf16 compute with fp32 master weights.")
+    tf32: Optional[bool] = F(None, "TF32 tensor cores for fp32 matmuls/convolutions on CUDA (default: on for "
+                                   "CUDA fp32, off elsewhere; --no-tf32 for bitwise-stricter parity runs).")
     fp16: bool = F(False, "fp16 compute, fp32 master weights, dynamic loss scaling.")
     initial_loss_scale: float = F(2.0 ** 16, "fp16: starting loss scale.")
     min_loss_scale: float = F(1.0, "fp16: the scale never drops below this.")

@@ -211,7 +211,15 @@ class MixedPrecisionOptimizer:
     @torch.no_grad()
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """tensors: full (local-shape) per-parameter states, as state_tensors gives them. Masters
-        absent (e.g. saved in fp32) are rebuilt from the parameters; moments absent stay fresh."""
+        absent (e.g. saved in fp32) are rebuilt from the parameters; moments absent stay fresh.
+
+        The moments and ``step`` go in through torch's own ``Optimizer.load_state_dict``, so every
+        state entry lands where torch puts it: moments on the master's device and dtype, ``step``
+        on the parameter's device for fused / capturable AdamW (the fused CUDA kernel reads it
+        there; a CPU ``step`` beside CUDA parameters fails at the first resumed step) and on the
+        CPU otherwise (torch/optim/optimizer.py ``_process_value_according_to_param_policy``)."""
+        step = int(meta.get("step", 0))
+        loaded = {}
         for s in self.slots:
             n, p = self.names[s.index], s.param
 
@@ -222,9 +230,14 @@ class MixedPrecisionOptimizer:
             if s.master is not p and p.dtype != torch.float32:
                 key = f"optim.master.{n}"
                 s.master.copy_(part(tensors[key]) if key in tensors else part(p.detach()))
-            if meta.get("step", 0) > 0 and f"optim.exp_avg.{n}" in tensors and self.opt is not None:
-                self.opt.state[s.master] = {"step": torch.tensor(float(meta["step"])),
-                                            "exp_avg": part(tensors[f"optim.exp_avg.{n}"]),
-                                            "exp_avg_sq": part(tensors[f"optim.exp_avg_sq.{n}"])}
+            if step > 0 and f"optim.exp_avg.{n}" in tensors and self.opt is not None:
+                loaded[id(s.master)] = {"step": torch.tensor(float(step)),
+                                        "exp_avg": part(tensors[f"optim.exp_avg.{n}"]),
+                                        "exp_avg_sq": part(tensors[f"optim.exp_avg_sq.{n}"])}
+        if loaded:
+            order = [q for g in self.opt.param_groups for q in g["params"]]
+            sd = self.opt.state_dict()
+            sd["state"] = {i: loaded[id(q)] for i, q in enumerate(order) if id(q) in loaded}
+            self.opt.load_state_dict(sd)
         self.scaler.load_state_dict(meta["loss_scaler"])
-        self.num_steps = meta.get("step", 0)
+        self.num_steps = step
