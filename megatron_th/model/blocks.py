@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from megatron_th.model.attention import attention
+from megatron_th.model.attention import attention, prepare_documents
 
 
 def make_norm(cfg, width: int) -> nn.Module:
@@ -64,12 +64,25 @@ class SelfAttention(nn.Module):
         self.recompute_core = cfg.recompute_granularity == "selective"
         self.sharded_rng = contextlib.nullcontext  # set from outside under tensor parallelism
 
-    def _core(self, q, k, v, cu_seqlens):
-        with self.sharded_rng():  # heads are split over TP: dropout must differ per shard
-            return attention(q, k, v, cu_seqlens=cu_seqlens, backend=self.backend,
-                         dropout_p=self.dropout_p if self.training else 0.0)
+    def local_heads(self) -> int:
+        """Query heads this module computes (all of them, or this rank's share under TP)."""
+        groups = self.linear_qkv.weight.shape[0] // ((self.q_per_group + 2) * self.hd)
+        return groups * self.q_per_group
 
-    def forward(self, x, rope=None, cu_seqlens=None):
+    def prepare(self, documents, dtype: torch.dtype, device) -> str:
+        """Build on ``documents`` (a DocumentPlan) what this module's backend will read, for q of
+        ``dtype`` on ``device``; returns the backend that runs. Every layer shares the result."""
+        return prepare_documents(documents, self.backend, device=device, dtype=dtype,
+                                 width=self.local_heads() * self.hd,
+                                 dropout_p=self.dropout_p if self.training else 0.0)
+
+    def _core(self, q, k, v, documents):
+        with self.sharded_rng():  # heads are split over TP: dropout must differ per shard
+            return attention(q, k, v, documents=documents, backend=self.backend,
+                             dropout_p=self.dropout_p if self.training else 0.0)
+
+    def forward(self, x, rope=None, documents=None):
+        """x [b, s, h] (a sequence shard under SP); documents: a DocumentPlan or None."""
         qkv = self.linear_qkv(x)  # under sequence parallelism x is a shard; qkv is the full sequence
         b, s = qkv.shape[:2]
         groups = qkv.shape[-1] // ((self.q_per_group + 2) * self.hd)  # local groups under TP
@@ -80,9 +93,9 @@ class SelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.recompute_core and self.training:
-            out = checkpoint(self._core, q, k, v, cu_seqlens, use_reentrant=False)
+            out = checkpoint(self._core, q, k, v, documents, use_reentrant=False)
         else:
-            out = self._core(q, k, v, cu_seqlens)
+            out = self._core(q, k, v, documents)
         return self.linear_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -119,9 +132,10 @@ class TransformerLayer(nn.Module):
         # parallelism shards it, then parallelize sets a per-TP-rank RNG context here
         self.sharded_rng = contextlib.nullcontext
 
-    def forward(self, x, rope=None, cu_seqlens=None):
+    def forward(self, x, rope=None, documents=None):
+        """x [b, s, h]; rope: (cos, sin) or None; documents: a DocumentPlan (prepared) or None."""
         p = self.hidden_dropout if self.training else 0.0
-        attn = self.self_attention(self.input_layernorm(x), rope, cu_seqlens)
+        attn = self.self_attention(self.input_layernorm(x), rope, documents)
         with self.sharded_rng():
             x = x + F.dropout(attn, p, self.training)
         mlp = self.mlp(self.pre_mlp_layernorm(x))

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from megatron_th.data.tokenizer import padded_vocab_size
 from megatron_th.model.blocks import RotaryEmbedding, TransformerLayer, make_norm
+from megatron_th.model.documents import DocumentPlan
 
 
 class Embedding(nn.Module):
@@ -72,8 +73,13 @@ class GPTModel(nn.Module):
         return self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
 
     def forward(self, tokens=None, position_ids=None, hidden_states=None, cu_seqlens=None,
-                labels=None, loss_mask=None):
+                labels=None, loss_mask=None, documents=None):
         """First stage: ``tokens``; later stages: ``hidden_states`` [b, s, h].
+
+        Document masking: ``documents``, a DocumentPlan built on the host once per micro-batch
+        (training/step.py model_inputs), or ``cu_seqlens`` (1-D int tensor, planned here: one read
+        of its values). The plan is prepared for the attention backend once, before the layers,
+        and every layer reads it without a host sync. Raises ValueError if both are given.
 
         Returns hidden states (not the last stage), logits [b, s, vocab] (no labels; padded
         vocab dropped), or the per-token loss [b, s] (labels given; multiply by loss_mask and
@@ -90,14 +96,26 @@ class GPTModel(nn.Module):
             if position_ids is None:
                 position_ids = torch.arange(s, device=x.device).expand(b, s)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
+        documents = self._plan(documents, cu_seqlens, b, position_ids.shape[1], x)
         for layer in self.layers.values():
             if self.recompute_full and self.training:
-                x = checkpoint(layer, x, rope, cu_seqlens, use_reentrant=False)
+                x = checkpoint(layer, x, rope, documents, use_reentrant=False)
             else:
-                x = layer(x, rope, cu_seqlens)
+                x = layer(x, rope, documents)
         if not self.post_process:
             return x
         return self.lm_head(self.final_norm(x), self.head_weight(), labels)
+
+    def _plan(self, documents, cu_seqlens, b: int, s: int, x: torch.Tensor):
+        """The micro-batch's DocumentPlan (or None), prepared for this model's attention backend."""
+        if cu_seqlens is not None:
+            if documents is not None:
+                raise ValueError("GPTModel.forward takes cu_seqlens or documents, not both")
+            documents = DocumentPlan(cu_seqlens, b, s, device=x.device)
+        if documents is not None and len(self.layers):
+            # every layer has the same backend, width and dropout: the first one speaks for all
+            next(iter(self.layers.values())).self_attention.prepare(documents, x.dtype, x.device)
+        return documents
 
 
 def build_model(cfg, vocab_size: int, seed: int, device="cpu", dtype=torch.float32, **stage) -> GPTModel:

@@ -1,10 +1,36 @@
 """Pipeline execution: runs a schedule order (schedule_order.py) over this rank's model chunks.
 
-Chunk c on PP rank r is virtual stage ``c*p + r`` and holds layer block ``c*p + r``. Activations
-and their gradients move between virtual stages with tagged isend/irecv (gloo or NCCL): every send
-is posted asynchronously and a receive blocks only when its data is needed, so the schedules'
-order cannot deadlock. Shapes are known in advance (``[mbs, s (/TP under SP), h]``). Each op can be
-recorded in a trace ``(op, micro-batch, chunk, start, end)`` for the bubble tools.
+Chunk c on PP rank r is virtual stage ``c*p + r`` and holds layer block ``c*p + r``. Shapes are
+known in advance (``[mbs, s (/TP under SP), h]``). Each op can be recorded in a trace
+``(op, micro-batch, chunk, start, end)`` for the bubble tools.
+
+Point-to-point, written for NCCL's rules (PyTorch ``ProcessGroupNCCL``; docs/parallelism.md):
+NCCL ignores tags and matches the messages of a rank pair first-in-first-out per communicator,
+runs a communicator's operations in issue order on one stream, and completes a send larger than
+its eager buffer (about 1 MiB over the network, 4 MiB over NVLink) only once the peer's receive
+runs. Posting sends early and receiving later, as a tag-matching backend allows, hangs there: in
+1F1B stage r would send activation k+1 then wait for gradient k while stage r+1 sends gradient k
+then waits for activation k+1. So, as Megatron-LM's ``p2p_communication.py`` does:
+
+- the rank's schedule is cut into steps (a warm-up forward, a steady-state forward + backward
+  pair, a cool-down backward) and before each step the rank makes one *exchange*: the sends of
+  the step just run and the receives of the step about to run, issued together
+  (``batch_isend_irecv``) and waited at once (p2p_plan.py says which, as a pure function);
+- activations (to the next stage) and gradients (to the previous stage) travel on two different
+  communicators (``groups.pp_fwd_group`` / ``pp_bwd_group``), so every (communicator, sender,
+  receiver) carries one kind of message, in the same order on both ends. With PP=2 both
+  neighbours are the same rank and one communicator could hand a gradient to an activation buffer.
+- each p2p communicator runs one collective at construction, so no batched call is its first
+  collective (``batch_isend_irecv`` then needs every rank of the group).
+
+tests/test_pipeline_p2p_nccl.py records the real call order of this executor (gloo) and replays it
+through a model of those NCCL rules for p in {2, 4, 8}, every m up to 2p+1, v in {1, 2},
+training and evaluation; the order before this design is kept there as a fixture the model
+must call a deadlock.
+
+A sent activation is freed as soon as its send completes (Megatron's ``deallocate_output_tensor``):
+only the autograd graph behind it is kept for the backward, which then runs through the engine
+directly because the output no longer has its shape. A sent gradient is dropped the same way.
 """
 from __future__ import annotations
 
@@ -14,37 +40,68 @@ import torch
 import torch.distributed as dist
 
 from megatron_th.parallel import comm
-from megatron_th.parallel.schedule_order import chunk, micro_batch, order
+from megatron_th.parallel.p2p_plan import exchanges, op_stage, steps
 from megatron_th.training.step import model_inputs
 
 
+def _free_storage(out: torch.Tensor) -> None:
+    """Release an output's memory once it is sent, keeping its autograd node (not for views)."""
+    if out.requires_grad and out._base is None:
+        out.data = torch.empty((1,), dtype=out.dtype, device=out.device)
+
+
+def _free_sent(outputs: list) -> None:
+    """_free_storage on each, then forget them (no loop variable may outlive the call: an output
+    keeps its graph, and through it the stage's input and that input's gradient, alive)."""
+    for out in outputs:
+        _free_storage(out)
+    outputs.clear()
+
+
+def _backward(out: torch.Tensor, grad: torch.Tensor) -> None:
+    """``torch.autograd.backward(out, grad)`` for an output whose storage was freed: the engine is
+    called directly (as Megatron's ``custom_backward``), skipping the shape check of out vs grad."""
+    torch.autograd.Variable._execution_engine.run_backward(
+        tensors=(out,), grad_tensors=(grad,), keep_graph=False, create_graph=False, inputs=(),
+        allow_unreachable=True, accumulate_grad=True)
+
+
 class P2P:
-    """Tagged point-to-point transfers between virtual stages, counted as ("send", "pp")."""
+    """Batched exchanges between virtual stages, counted as ("send", "pp")."""
 
-    def __init__(self, groups, nvs: int):
-        self.groups, self.nvs, self.pending = groups, nvs, []
+    def __init__(self, groups, act_shape, dtype, device):
+        self.groups = groups
+        self.act_shape, self.dtype, self.device = act_shape, dtype, device
 
-    def _tag(self, mb: int, vs: int, backward: bool) -> int:
-        return (mb * self.nvs + vs) * 2 + int(backward)
-
-    def _rank_of(self, vs: int) -> int:
+    def rank_of(self, vs: int) -> int:
         return self.groups.stage_rank(vs % self.groups.pp)
 
-    def send(self, t: torch.Tensor, mb: int, to_vs: int, backward: bool) -> None:
-        t = t.detach().contiguous()
-        comm.COUNTER.add("send", "pp", t.numel() * t.element_size())
-        self.pending.append((dist.isend(t, self._rank_of(to_vs), tag=self._tag(mb, to_vs, backward)), t))
+    def group(self, kind: str):
+        return self.groups.pp_fwd_group if kind == "act" else self.groups.pp_bwd_group
 
-    def recv(self, shape, dtype, device, mb: int, my_vs: int, backward: bool) -> torch.Tensor:
-        t = torch.empty(shape, dtype=dtype, device=device)
-        src_vs = my_vs + 1 if backward else my_vs - 1
-        dist.irecv(t, self._rank_of(src_vs), tag=self._tag(mb, my_vs, backward)).wait()
-        return t
+    def exchange(self, send: list, outgoing: dict, recv: list) -> dict:
+        """One exchange of p2p_plan.exchanges: ``send`` and ``recv`` list messages
+        ``(kind, micro_batch, src_vs, dst_vs)``; ``outgoing[msg]`` is the tensor of each sent one.
+        The ops of each communicator form one batch and every op is waited before returning, so
+        the caller may free what it sent. Returns ``{msg: received tensor}``."""
+        ops = {"act": [], "grad": []}
+        for msg in send:
+            t = outgoing.pop(msg).contiguous()
+            comm.COUNTER.add("send", "pp", t.numel() * t.element_size())
+            ops[msg[0]].append(dist.P2POp(dist.isend, t, self.rank_of(msg[3]), self.group(msg[0])))
+        received = {}
+        for msg in recv:
+            received[msg] = torch.empty(self.act_shape, dtype=self.dtype, device=self.device)
+            ops[msg[0]].append(dist.P2POp(dist.irecv, received[msg], self.rank_of(msg[2]), self.group(msg[0])))
+        works = [w for kind in ("act", "grad") if ops[kind] for w in dist.batch_isend_irecv(ops[kind])]
+        for w in works:
+            w.wait()
+        return received
 
-    def flush(self) -> None:
-        for work, _ in self.pending:
-            work.wait()
-        self.pending.clear()
+    def warm_up(self) -> None:
+        """One collective on each p2p communicator, so that no batched p2p call is its first."""
+        for grp in (self.groups.pp_fwd_group, self.groups.pp_bwd_group):
+            dist.barrier(group=grp)  # carries no data: not counted
 
 
 class PipelineRunner:
@@ -57,56 +114,46 @@ class PipelineRunner:
         self.act_shape, self.dtype, self.device = tuple(act_shape), dtype, device
         self.trace_enabled, self.trace = trace, []
         self.max_inflight = 0
-
-    def _vs(self, c: int) -> int:
-        return c * self.p + self.r
+        self.p2p = P2P(groups, self.act_shape, dtype, device)
+        self.p2p.warm_up()
 
     def run(self, micro_batches: list[dict], num_tokens: float, loss_scale: float, forward_only: bool = False):
         """Returns (summed masked loss on the last stage (0 elsewhere), per-sample stats if forward_only)."""
-        p2p = P2P(self.groups, self.nvs)
-        m = len(micro_batches)
-        saved, live = {}, 0
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        stats = []
+        p, r, v, m = self.p, self.r, self.v, len(micro_batches)
+        self._saved, self._live, self._stats = {}, 0, []
+        self._total = torch.zeros((), dtype=torch.float64, device=self.device)
         record = self.trace_enabled and not forward_only  # evaluation never replaces a step's trace
         if record:
             self.trace = []
-        for kind, k in order(self.p, self.r, m, self.v, forward_only):
-            c = chunk(k, self.p, self.v, kind == "F")
-            mb_id, vs = micro_batch(k, self.p, self.v), self._vs(c)
-            mb = micro_batches[mb_id]
-            t0 = time.perf_counter()
-            if kind == "F":
-                out, x = self._forward(c, vs, mb, mb_id, p2p, num_tokens, loss_scale, forward_only, stats)
-                if vs == self.nvs - 1:
-                    total += out[1]
-                    out = out[0]
-                if not forward_only:
-                    saved[(mb_id, c)] = (x, out)
-                    live += 1
-                    self.max_inflight = max(self.max_inflight, live)
-            else:
-                x, out = saved.pop((mb_id, c))
-                live -= 1
-                if vs == self.nvs - 1:
-                    out.backward()
+        plan = exchanges(p, r, m, v, forward_only)
+        outgoing, to_free = {}, []  # tensors of the messages the next exchange sends
+        for ex, step in zip(plan, steps(p, r, m, v, forward_only)):
+            received = self.p2p.exchange(ex["send"], outgoing, ex["recv"])
+            _free_sent(to_free)  # sent: only their autograd nodes are still needed
+            for kind, k in step:
+                mb_id, vs = op_stage(p, r, v, kind, k)
+                t0 = time.perf_counter()
+                if kind == "F":
+                    self._forward(vs, mb_id, micro_batches[mb_id], received, outgoing, to_free,
+                                  num_tokens, loss_scale, forward_only)
                 else:
-                    grad = p2p.recv(self.act_shape, self.dtype, self.device, mb_id, vs, backward=True)
-                    torch.autograd.backward(out, grad)
-                if vs > 0:
-                    p2p.send(x.grad, mb_id, vs - 1, backward=True)
-            if record:
-                self.trace.append({"op": kind, "micro_batch": mb_id, "chunk": c, "start": t0,
-                                   "end": time.perf_counter()})
-        p2p.flush()
+                    self._backward_op(vs, mb_id, received, outgoing)
+                if record:
+                    self.trace.append({"op": kind, "micro_batch": mb_id, "chunk": vs // p, "start": t0,
+                                       "end": time.perf_counter()})
+            del received
+        self.p2p.exchange(plan[-1]["send"], outgoing, [])
+        _free_sent(to_free)
+        total, stats = self._total, self._stats
+        self._saved = self._stats = self._total = None
         return total, stats
 
-    def _forward(self, c, vs, mb, mb_id, p2p, num_tokens, loss_scale, forward_only, stats):
+    def _forward(self, vs, mb_id, mb, received, outgoing, to_free, num_tokens, loss_scale, forward_only):
         inputs = model_inputs(mb, self.device)
-        model = self.chunks[c]
+        model = self.chunks[vs // self.p]
         x = None
         if vs > 0:
-            x = p2p.recv(self.act_shape, self.dtype, self.device, mb_id, vs, backward=False)
+            x = received.pop(("act", mb_id, vs - 1, vs))
             x.requires_grad_(not forward_only)
             inputs.pop("tokens")
             inputs["hidden_states"] = x
@@ -114,12 +161,29 @@ class PipelineRunner:
             inputs.pop("labels", None)
             with torch.set_grad_enabled(not forward_only):
                 out = model(**inputs)
-            p2p.send(out, mb_id, vs + 1, backward=False)
-            return out, x
-        with torch.set_grad_enabled(not forward_only):
-            per_token = model(**inputs)
-        mask = mb["loss_mask"].to(self.device)
-        loss = (per_token * mask).sum()
-        if forward_only:
-            stats.append(torch.stack([(per_token.double() * mask).sum(1), mask.double().sum(1)], dim=1))
-        return (loss * (loss_scale / num_tokens), loss.detach().double()), x
+            outgoing[("act", mb_id, vs, vs + 1)] = out.detach()
+            if not forward_only:
+                to_free.append(out)
+        else:
+            with torch.set_grad_enabled(not forward_only):
+                per_token = model(**inputs)
+            mask = mb["loss_mask"].to(self.device)
+            loss = (per_token * mask).sum()
+            if forward_only:
+                self._stats.append(torch.stack([(per_token.double() * mask).sum(1), mask.double().sum(1)], dim=1))
+            self._total += loss.detach().double()
+            out = loss * (loss_scale / num_tokens)
+        if not forward_only:
+            self._saved[(mb_id, vs)] = (x, out)
+            self._live += 1
+            self.max_inflight = max(self.max_inflight, self._live)
+
+    def _backward_op(self, vs, mb_id, received, outgoing):
+        x, out = self._saved.pop((mb_id, vs))
+        self._live -= 1
+        if vs == self.nvs - 1:
+            out.backward()
+        else:
+            _backward(out, received.pop(("grad", mb_id, vs + 1, vs)))
+        if vs > 0:
+            outgoing[("grad", mb_id, vs, vs - 1)] = x.grad

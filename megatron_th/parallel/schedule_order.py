@@ -88,7 +88,7 @@ def replay(p: int, m: int, v: int = 1, f_cost: float = 1.0, b_cost: float = 2.0,
                 pos[r] += 1
                 progress = True
     if any(pos[r] < len(orders[r]) for r in range(p)):
-        raise ScheduleError("schedule deadlocks")  # never for the orders above; guards edits
+        raise ScheduleError("schedule deadlocks")  # compute dependencies only; p2p: p2p_plan.py
     return ops
 
 

@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import torch
 
+from megatron_th.model.documents import DocumentPlan
+
 
 def model_inputs(mb: dict, device) -> dict:
-    keys = ("tokens", "position_ids", "labels", "cu_seqlens")
-    return {k: mb[k].to(device, non_blocking=True) for k in keys if k in mb}
+    """Keyword arguments of GPTModel.forward for one micro-batch on ``device``.
+
+    tokens, position_ids, labels [b, s] are copied to ``device``; the micro-batch's ``cu_seqlens``
+    (CPU int32, from the data loader) becomes ``documents``: a DocumentPlan validated and laid out
+    here on the host, once per micro-batch, so that no attention layer reads device values (a host
+    sync per layer on a GPU). Raises ValueError for invalid cu_seqlens.
+    """
+    keys = ("tokens", "position_ids", "labels")
+    out = {k: mb[k].to(device, non_blocking=True) for k in keys if k in mb}
+    if mb.get("cu_seqlens") is not None:
+        b, s = mb["tokens"].shape
+        out["documents"] = DocumentPlan(mb["cu_seqlens"], b, s, device=torch.device(device))
+    return out
 
 
 def count_loss_tokens(micro_batches: list[dict]) -> torch.Tensor:
