@@ -54,7 +54,7 @@ def _comm(cfg, lay: dict, rank: dict) -> dict:
     m = cfg.model
     b, s, h, mcount = lay["micro_batch_size"], m.seq_length, m.hidden_size, lay["micro_batches"]
     dbytes = 4 if precision(cfg.optim) == "fp32" else 2
-    out = {"tp": 0, "pp": rank["pipeline_buffers"], "dp": 0}
+    out = {"tp": 0, "pp": rank["pipeline_send_bytes"], "dp": 0}
     if lay["tp"] > 1:
         out["tp"] = sum(tp_step_bytes(rank["layers"], b, s, h, mcount, lay["sequence_parallel"], dbytes,
                                       has_embedding=rank["first_stage"], has_head=rank["last_stage"]).values())

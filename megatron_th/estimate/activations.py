@@ -164,10 +164,10 @@ def inflight(p: int, rank: int, m: int, v: int, per_chunk: list[float]) -> tuple
     return peak, peak_n
 
 
-def p2p_held_bytes(p: int, rank: int, m: int, v: int, s: int, b: int, h: int, tp: int, sp: bool, D: int) -> int:
-    """Our pipeline (parallel/pipeline.py ``P2P``) keeps every tensor it sends (activations forward,
-    input gradients backward) referenced until the step's final flush: per chunk, one
-    ``[b, s (/TP under SP), h]`` tensor per micro-batch and direction."""
+def p2p_send_bytes(p: int, rank: int, m: int, v: int, s: int, b: int, h: int, tp: int, sp: bool, D: int) -> int:
+    """Bytes this pipeline rank sends per step (parallel/pipeline.py): per chunk, one
+    ``[b, s (/TP under SP), h]`` tensor per micro-batch and direction. Communication volume, not
+    memory: a sent tensor is freed as soon as its send completes."""
     if p == 1:
         return 0
     nvs = p * v

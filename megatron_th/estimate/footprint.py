@@ -1,6 +1,5 @@
 """Memory of one GPU by component, for every pipeline rank: static state (memory.py), the
-activations the pipeline schedule keeps in flight (activations.py), our pipeline's send buffers,
-and the transient logits / fp32 gradient copies. The peak rank decides whether a layout fits.
+activations the pipeline schedule keeps in flight (activations.py), and the transient logits / fp32 gradient copies. The peak rank decides whether a layout fits.
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ def rank_memory(cfg, gpus: int, vocab_size: int, device: str = "cuda") -> list[d
                                  c["layer_range"][1] - c["layer_range"][0], c["pre_process"], c["post_process"])
                  for c in chunks]
         peak, n_live = act.inflight(pp, r, micro, v, [sum(pt.values()) for pt in parts])
-        p2p = act.p2p_held_bytes(pp, r, micro, v, s, mb, m.hidden_size, tp, sp, k.act_bytes)
+        p2p = act.p2p_send_bytes(pp, r, micro, v, s, mb, m.hidden_size, tp, sp, k.act_bytes)
         last = any(c["post_process"] for c in chunks)
         # the head's [b, s, V/t] logits in the activation dtype and one fp32 gradient of them in backward
         logits_transient = mb * s * (vp // tp) * (k.act_bytes + 4) if last else 0
@@ -58,10 +57,10 @@ def rank_memory(cfg, gpus: int, vocab_size: int, device: str = "cuda") -> list[d
                "grads": st["grads"], "optimizer": st["master"] + st["moments"], "master": st["master"],
                "moments": st["moments"], "activations": peak, "inflight_chunks": n_live,
                "activation_per_layer": sum(per_layer.values()), "activation_terms": per_layer,
-               "activation_parts": [dict(pt) for pt in parts], "pipeline_buffers": p2p,
+               "activation_parts": [dict(pt) for pt in parts], "pipeline_send_bytes": p2p,
                "logits_transient": logits_transient, "step_transient": step_transient,
                "static": st["total"], "buffer_numel": st["buffer_numel"], "owned_numel": st["owned_numel"]}
-        rec["total"] = st["total"] + max(peak + p2p + logits_transient, step_transient)
+        rec["total"] = st["total"] + max(peak + logits_transient, step_transient)
         out.append(rec)
     return out
 

@@ -91,7 +91,6 @@ def _memory(e: dict) -> list[str]:
     row("activations in flight", "activations")
     row("  micro-batch chunks in flight", "inflight_chunks", fmt=str)
     row("  per layer, one micro-batch", "activation_per_layer")
-    row("pipeline send buffers", "pipeline_buffers")
     row("logits (transient)", "logits_transient")
     row("total", "total")
     bpp = mem["bytes_per_param"]

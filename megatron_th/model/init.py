@@ -16,6 +16,14 @@ def param_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
+def skips_init(device) -> bool:
+    """True for the ``meta`` device: parameters there have shapes and dtypes but no storage, so
+    building on it draws no weights (nothing to fill; no full logical tensor is ever made). This
+    sizes one rank of any model without its memory (tests/test_scale_dry_run.py); such a model
+    cannot run until ``to_empty`` and a load."""
+    return torch.device(device).type == "meta"
+
+
 def init_tensor(name: str, shape, cfg, seed: int) -> torch.Tensor:
     """The fp32 initial value of logical parameter ``name`` (full, unsharded shape)."""
     leaf = name.rsplit(".", 1)[-1]

@@ -5,6 +5,8 @@ Gradients are reduce-scattered per bucket (data_parallel.GradBuffers), so DP ran
 part of every bucket. Its fp32 masters and Adam moments exist for exactly those elements; after
 the step the updated parameter parts are all-gathered. Memory per parameter, d = DP size:
 bf16 params + fp32 grads 6 + 12/d bytes, fp32 8 + 8/d (reference-facts.md), plus bucket padding.
+A checkpoint save gathers the states bucket by bucket to the host of DP rank 0 (the writer), so it
+needs one bucket of device memory, not another copy of the whole buffer per state kind.
 """
 from __future__ import annotations
 
@@ -28,27 +30,53 @@ def owned_slots(params: list, buffers, slot_cls) -> list:
 
 
 @torch.no_grad()
-def gather_full_states(opt, states: dict) -> list:
-    """All-gather each state kind over DP, bucket by bucket, and cut it into per-parameter tensors
-    of the parameter's local shape. Collective: every DP rank calls it."""
+def gather_full_states(opt, states: dict, dst: int = 0) -> list:
+    """Whole per-parameter optimizer states for the checkpoint writer, one bucket at a time.
+
+    ``states``: {kind: [tensor of each slot's owned range, or None]} (optimizer ``_slot_states``).
+    For each state kind and bucket, every DP rank puts its owned part (fp32, zero padding) into a
+    buffer of ``bucket/DP`` elements, all-gathers the bucket into one fp32 buffer of the bucket's
+    size on the buffers' device, and DP rank ``dst`` copies each parameter's range of it to host
+    memory; both device buffers are dropped before the next bucket. So the largest allocation is
+    one bucket in fp32 (never the whole buffer: ~16 B/param on every DP rank before), and the
+    host copies exist only on the writer. Collective over DP: every DP rank calls it, in the same
+    bucket order.
+
+    Returns on DP rank ``dst`` ``[(f"optim.{kind}.{name}", fp32 CPU tensor of the parameter's
+    local shape, name)]``, kinds in the order exp_avg, exp_avg_sq (after the first step), master
+    (16-bit parameters), parameters in model order: the same entries and values as gathering whole
+    buffers gave. Other DP ranks get ``[]`` (they write no optimizer state).
+    """
     buffers = opt.buffers
-    out = []
+    device = buffers.data.device
+    writer = buffers.dp_rank == dst
     kinds = (["exp_avg", "exp_avg_sq"] if opt.num_steps else []) + \
         (["master"] if any(p.dtype != torch.float32 for p in opt.params) else [])  # same on every rank
+    by_param: dict = {}  # id(param) -> [(slot index, slot)]
+    for i, s in enumerate(opt.slots):
+        by_param.setdefault(id(s.param), []).append((i, s))
+    out = []
     for kind in kinds:
-        per_slot = states[kind]
-        full = torch.zeros(buffers.numel, dtype=torch.float32, device=buffers.data.device)
-        for s, t in zip(opt.slots, per_slot):
-            if t is not None:
-                off = buffers.param_index[id(s.param)]
-                full[off + s.a:off + s.z].copy_(t.reshape(-1))
+        per_slot, host = states[kind], {}
         for b in buffers.buckets:
             lo, hi = buffers.shard(b)
+            part = torch.zeros(hi - lo, dtype=torch.float32, device=device)
+            for p in b.params:
+                off = buffers.param_index[id(p)]
+                for i, s in by_param.get(id(p), ()):
+                    if per_slot[i] is not None:
+                        part[off + s.a - lo:off + s.z - lo].copy_(per_slot[i].reshape(-1))
             if buffers.dp > 1:
-                comm.all_gather_into(full[b.start:b.end], full[lo:hi].clone(), buffers.group)
-        for n, p in zip(opt.names, opt.params):
-            if kind == "master" and p.dtype == torch.float32:
-                continue
-            off = buffers.param_index[id(p)]
-            out.append((f"optim.{kind}.{n}", full[off:off + p.numel()].view_as(p).clone(), n))
+                full = torch.empty(b.end - b.start, dtype=torch.float32, device=device)
+                comm.all_gather_into(full, part, buffers.group)
+            else:
+                full = part
+            if writer:
+                for p in b.params:
+                    off = buffers.param_index[id(p)] - b.start
+                    host[id(p)] = full[off:off + p.numel()].to("cpu", copy=True).view_as(p)
+            del part, full  # the device buffers go before the next bucket's
+        if writer:
+            out += [(f"optim.{kind}.{n}", host[id(p)], n) for n, p in zip(opt.names, opt.params)
+                    if not (kind == "master" and p.dtype == torch.float32)]
     return out

@@ -192,7 +192,8 @@ class MixedPrecisionOptimizer:
 
     def state_tensors(self) -> list[tuple[str, torch.Tensor, str]]:
         """(checkpoint key, tensor, parameter name). Under Zero-1 this is collective over DP (the
-        parts are all-gathered): every DP rank must call it."""
+        parts are all-gathered one bucket at a time, parallel/zero.py): every DP rank must call
+        it; DP rank 0, which writes them, gets fp32 CPU tensors, the other DP ranks get []."""
         states = self._slot_states()
         if self.buffers is not None:
             from megatron_th.parallel.zero import gather_full_states
