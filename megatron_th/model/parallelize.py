@@ -3,7 +3,8 @@
 The model files know no process groups; this function swaps modules for their TP versions
 (torchtitan-style). Weights are the slices of the seeded logical tensors: taken from the plain
 model when it holds weights, or drawn by name (model/init.py) when it was built on the meta
-device, so no rank ever holds more than one full tensor at a time.
+device, so no rank ever holds more than one full tensor at a time. With ``device="meta"`` nothing
+is drawn (model/init.py ``skips_init``): the shard is a meta tensor of the local shape.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_th.model.init import init_tensor
+from megatron_th.model.init import init_tensor, skips_init
 from megatron_th.parallel import comm
 from megatron_th.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                                          VocabParallelHead, mark, shard)
@@ -43,16 +44,21 @@ def _full(name: str, p: torch.Tensor, cfg, seed: int) -> torch.Tensor:
 
 
 def parallelize(model, groups, cfg, seed: int, sequence_parallel: bool = False, dtype=torch.float32,
-                device="cpu"):
-    """In place: TP-shard ``model`` over ``groups.tp_group``; returns it on ``device``/``dtype``."""
+                device="cpu", virtual_stage: int | None = None):
+    """In place: TP-shard ``model`` over ``groups.tp_group``; returns it on ``device``/``dtype``.
+    ``virtual_stage`` (default: the PP rank) seeds the chunk's sharded-dropout stream
+    ``model.tp_rng`` (parallel/rng.py tp_seed), so stages and virtual chunks draw distinct masks."""
     tp, r, g = groups.tp, groups.tp_rank, groups.tp_group
     sp = sequence_parallel and tp > 1
     named = dict(model.named_parameters())
 
-    def take(name, tp_dim, chunks=1):
-        return shard(_full(name, named[name], cfg, seed), tp_dim, r, tp, chunks)
+    skip = skips_init(device)  # on meta: shard the meta tensors themselves, draw nothing
 
-    rng = TPRng(seed, r, torch.device(device))
+    def take(name, tp_dim, chunks=1):
+        full = named[name].detach() if skip else _full(name, named[name], cfg, seed)
+        return shard(full, tp_dim, r, tp, chunks)
+
+    rng = TPRng(seed, r, torch.device(device), groups.pp_rank if virtual_stage is None else virtual_stage)
     sharded_rng = rng.fork if tp > 1 else contextlib.nullcontext
     for lname, layer in model.layers.items():
         pre = f"layers.{lname}."
@@ -92,7 +98,7 @@ def parallelize(model, groups, cfg, seed: int, sequence_parallel: bool = False, 
     # everything not replaced (norms, position embeddings) is replicated over TP
     for name, p in model.named_parameters():
         if not hasattr(p, "tp_dim"):
-            if p.is_meta:
+            if p.is_meta and not skip:
                 with torch.no_grad():
                     new = nn.Parameter(init_tensor(name, tuple(p.shape), cfg, seed))
                 _replace_param(model, name, new)

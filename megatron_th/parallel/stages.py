@@ -14,6 +14,7 @@ import torch
 
 from megatron_th.config import ConfigError
 from megatron_th.model.gpt import GPTModel, build_model
+from megatron_th.model.init import skips_init
 from megatron_th.model.parallelize import parallelize
 
 
@@ -67,7 +68,14 @@ class ModelChunks:
         return self.train(False)
 
     @property
+    def tp_rngs(self) -> list:
+        """Each chunk's sharded-dropout stream (parallel/rng.py TPRng), in chunk order; [] without
+        TP. Chunk c's stream is seeded for virtual stage c * p + pp_rank: all are checkpointed."""
+        return [ch.tp_rng for ch in self.chunks if getattr(ch, "tp_rng", None) is not None]
+
+    @property
     def tp_rng(self):
+        """The first chunk's stream (None without TP); ``tp_rngs`` holds them all."""
         return getattr(self.chunks[0], "tp_rng", None)
 
     @property
@@ -76,6 +84,11 @@ class ModelChunks:
 
 
 def build_chunks(cfg, vocab_size: int, groups, device, dtype) -> ModelChunks:
+    """This rank's model chunks (one per virtual stage it holds), TP-sharded when ``groups.tp`` >
+    1, with the seeded initial weights (model/init.py) in ``dtype`` on ``device``. On the ``meta``
+    device no weights are drawn (model/init.py ``skips_init``): the chunks have their real local
+    shapes and dtypes but no storage, for sizing a rank of any model without its memory.
+    Raises ConfigError when the layers do not split over the (virtual) stages."""
     m, par = cfg.model, cfg.parallel
     p, r = groups.pp, groups.pp_rank
     per = par.num_layers_per_virtual_pipeline_stage
@@ -86,10 +99,14 @@ def build_chunks(cfg, vocab_size: int, groups, device, dtype) -> ModelChunks:
     for c in range(v):
         vs = c * p + r
         stage = dict(layer_range=ranges[vs], pre_process=vs == 0, post_process=vs == p * v - 1)
-        if groups.tp == 1:
+        if groups.tp == 1 and skips_init(device):  # shapes only: no weights drawn, no storage
+            with torch.device("meta"):
+                chunks.append(GPTModel(m, vocab_size, **stage).to(dtype=dtype))
+        elif groups.tp == 1:
             chunks.append(build_model(m, vocab_size, cfg.train.seed, device=device, dtype=dtype, **stage))
         else:
             with torch.device("meta"):
                 meta = GPTModel(m, vocab_size, **stage)
-            chunks.append(parallelize(meta, groups, m, cfg.train.seed, par.sequence_parallel, dtype, device))
+            chunks.append(parallelize(meta, groups, m, cfg.train.seed, par.sequence_parallel, dtype, device,
+                                      virtual_stage=vs))
     return ModelChunks(chunks)

@@ -8,37 +8,129 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
 from megatron_th.estimate.hardware import match_device
 
 
-def measure_matmul_tflops(dtype=torch.float32, n: int = 1024, reps: int = 5, device="cpu") -> float:
-    """Peak matmul throughput measured here (used as the MFU denominator on CPU)."""
-    g = torch.Generator(device=device).manual_seed(0)  # never touches the training RNG streams
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    a @ b
-    best = math.inf
-    for _ in range(reps):
+def tf32_enabled(device_type: str, precision: str, flag: bool | None) -> bool:
+    """Whether fp32 matmuls/convolutions may use TF32 tensor cores; a pure function.
+
+    ``flag`` is --tf32 (True) / --no-tf32 (False) / absent (None: on for fp32 training on CUDA,
+    off for bf16/fp16, whose fp32 matmuls are few and kept exact). Never on off CUDA: TF32 is a
+    CUDA tensor-core format (torch.backends.cuda.matmul / torch.backends.cudnn)."""
+    if device_type != "cuda":
+        return False
+    return precision == "fp32" if flag is None else bool(flag)
+
+
+def apply_tf32(enabled: bool, device_type: str) -> None:
+    """Set PyTorch's process-wide TF32 switches for matmul (cuBLAS) and cuDNN convolutions, both
+    ways (cuDNN allows TF32 by default, cuBLAS does not). Uses the ``fp32_precision`` settings
+    ("tf32" | "ieee", PyTorch >= 2.9, docs/notes/cuda.rst) where present, else ``allow_tf32``.
+    Does nothing off CUDA, so a CPU run leaves the process untouched."""
+    if device_type != "cuda":
+        return
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        matmul.fp32_precision = conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The MFU denominator: dense peak TFLOP/s per device, and where it came from
+    ("given by --peak-tflops", "tf32 (A100 SXM4 80GB table)", "fp32 measured (1024^3 matmul x3 on cpu)")."""
+    tflops: float
+    source: str
+
+
+def time_matmuls(timer, target_seconds: float = 0.2, reps: int = 5, warmups: int = 3, n0: int = 256,
+                 max_n: int = 4096) -> tuple[float, int, int]:
+    """Best sustained matmul rate found by ``timer(n, k)`` (seconds for k back-to-back n x n
+    matmuls, synchronised): (TFLOP/s, n, k).
+
+    At each size n (doubling from ``n0``) one matmul's time is the shortest of ``warmups`` calls,
+    so the first calls (cold caches, thread-pool or cuBLAS start-up) never decide anything; n grows
+    while a matmul of twice the size (8x the work) would still fit in one repetition of
+    target_seconds / reps, up to ``max_n`` (memory: three n x n tensors). Then k is chosen so one
+    repetition lasts about target_seconds / reps, and the best (shortest) of ``reps`` repetitions
+    counts: a busy neighbour only ever slows some of them. Total time about 1.2 x target_seconds."""
+    n = n0
+    while True:
+        one = max(min(timer(n, 1) for _ in range(warmups)), 1e-9)
+        if 8 * one > target_seconds / reps or n >= max_n:
+            break
+        n = min(2 * n, max_n)
+    k = max(1, round(target_seconds / reps / one))
+    best = min(timer(n, k) for _ in range(reps))
+    return 2 * n ** 3 * k / max(best, 1e-9) / 1e12, n, k
+
+
+class _MatmulTimer:
+    """timer(n, k) for time_matmuls: k ``torch.mm(a, b, out=c)`` of n x n random tensors."""
+
+    def __init__(self, dtype, device):
+        self.dtype, self.device, self.n = dtype, torch.device(device), None
+
+    def __call__(self, n: int, k: int) -> float:
+        if n != self.n:
+            g = torch.Generator(device=self.device).manual_seed(0)  # never touches the training RNG streams
+            self.a, self.b = (torch.randn(n, n, device=self.device, dtype=self.dtype, generator=g) for _ in range(2))
+            self.c, self.n = torch.empty_like(self.a), n
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
         t = time.perf_counter()
-        a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e12
+        for _ in range(k):
+            torch.mm(self.a, self.b, out=self.c)
+        sync()
+        return time.perf_counter() - t
 
 
-def peak_tflops(dtype_name: str, device: str, override: float | None = None) -> float:
+_MEASURED: dict = {}
+
+
+def measure_matmul(dtype=torch.float32, device="cpu", target_seconds: float = 0.2, n: int | None = None,
+                   reps: int = 5) -> tuple[float, int, int]:
+    """(TFLOP/s, n, k) of matmuls measured here (see time_matmuls); ``n`` fixes the size (no
+    search). Measured once per process for a given (dtype, device, thread count, n, target) and
+    then reused. On CUDA it reflects the TF32 setting in force."""
+    device = torch.device(device)
+    key = (dtype, str(device), torch.get_num_threads(), n, target_seconds, reps)
+    if key not in _MEASURED:
+        max_n = n or (8192 if device.type == "cuda" else 4096)
+        _MEASURED[key] = time_matmuls(_MatmulTimer(dtype, device), target_seconds, reps, n0=n or 256, max_n=max_n)
+    return _MEASURED[key]
+
+
+def measure_matmul_tflops(dtype=torch.float32, n: int | None = None, reps: int = 5, device="cpu",
+                          target_seconds: float = 0.2) -> float:
+    """Matmul TFLOP/s measured here (measure_matmul's first element)."""
+    return measure_matmul(dtype, device, target_seconds, n, reps)[0]
+
+
+def peak_tflops(dtype_name: str, device: str, override: float | None = None, tf32: bool = False) -> Peak:
+    """MFU denominator for training in ``dtype_name`` ("bf16" | "fp16" | "fp32") on a device type.
+
+    ``override`` (--peak-tflops) wins; on CUDA a catalogued GPU (estimate/hardware.py, matched by
+    torch.cuda.get_device_name) gives its dense datasheet peak: the TF32 tensor-core figure for fp32
+    with ``tf32``, the plain FP32 one without; anything else (CPU, unknown GPU) is measured with
+    measure_matmul in that dtype (under the TF32 setting in force)."""
     if override:
-        return override
-    if device.startswith("cuda") and torch.cuda.is_available():
-        gpu = match_device(torch.cuda.get_device_name())  # dense peak (estimate/hardware.py)
-        if gpu is not None and gpu.peak(dtype_name):
-            return gpu.peak(dtype_name)
+        return Peak(float(override), "given by --peak-tflops")
+    kind = "tf32" if (dtype_name == "fp32" and tf32) else dtype_name
+    if device.startswith("cuda"):
+        gpu = match_device(torch.cuda.get_device_name())
+        if gpu is not None and gpu.peak(dtype_name, tf32):
+            if gpu.peak(dtype_name, tf32) == gpu.peak(dtype_name, False):
+                kind = dtype_name  # no TF32 units (V100): plain FP32
+            return Peak(gpu.peak(dtype_name, tf32), f"{kind} ({gpu.note} table)")
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-    return measure_matmul_tflops(dt, device=device)
+    tflops, n, k = measure_matmul(dt, device)
+    return Peak(tflops, f"{kind} measured ({n}^3 matmul x{k} on {device})")
 
 
 def fmt_eta(seconds: float) -> str:
@@ -46,6 +138,14 @@ def fmt_eta(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _mfu(rec: dict) -> str:
+    """'MFU 41% of 156 TFLOP/s tf32 (A100 SXM4 80GB table) | ' (the peak it divides by, and its source)."""
+    if rec.get("mfu") is None:
+        return ""
+    peak = f" of {rec['peak_tflops']:.3g} TFLOP/s {rec['peak_source']}" if rec.get("peak_source") else ""
+    return f"MFU {100 * rec['mfu']:.0f}%{peak} | "
 
 
 def _k(x: float) -> str:
@@ -82,7 +182,7 @@ class MetricsLogger:
         self._write(rec)
         print(f"iter {rec['iteration']}/{self.train_iters} | loss {rec['lm_loss']:.3f} | lr {rec['lr']:.2e} | "
               f"gnorm {rec['grad_norm']:.2f} | {_k(rec['tokens_per_sec'])} tok/s | "
-              f"{rec['tflops']:.2f} TFLOP/s | MFU {100 * rec['mfu']:.0f}% | "
+              f"{rec['tflops']:.2f} TFLOP/s | " + _mfu(rec)
               + (f"scale {rec['loss_scale']:.0f} | " if rec.get("loss_scale", 1.0) != 1.0 else "")
               + (f"skipped {rec['skipped_iters']} | " if rec.get("skipped_iters") else "")
               + f"eta {fmt_eta(seconds_left)}", flush=True)

@@ -1,6 +1,7 @@
 """The pretraining loop: build -> (resume) -> train / evaluate / log -> save."""
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -16,15 +17,15 @@ from megatron_th.data.loader import PretrainingLoader
 from megatron_th.data.tokenizer import load_tokenizer
 from megatron_th.model.flops import flops_per_iteration
 from megatron_th.model.gpt import GPTModel
-from megatron_th.parallel import comm
+from megatron_th.parallel import comm, host_sync
 from megatron_th.parallel.data_parallel import GradBuffers
 from megatron_th.parallel.grads import TIED, finalize_grads, norm_weights, sq_norm_reducer
-from megatron_th.parallel.groups import ParallelGroups, init_distributed
+from megatron_th.parallel.groups import ParallelGroups, init_distributed, shutdown_distributed
 from megatron_th.parallel.rng import stage_seed
 from megatron_th.parallel.stages import build_chunks
 from megatron_th.training.checkpoint import find_checkpoint
 from megatron_th.training.checkpoint_args import apply_checkpoint_args
-from megatron_th.training.metrics import MetricsLogger, peak_tflops
+from megatron_th.training.metrics import MetricsLogger, apply_tf32, peak_tflops, tf32_enabled
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
 from megatron_th.training.resume import load_state, open_checkpoint, save_state, tokenizer_files
 from megatron_th.training.schedules import LRSchedule
@@ -61,7 +62,9 @@ def setup_data(cfg, log=print):
     evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
     n = {"train": t.train_iters * d.global_batch_size,
          "valid": t.eval_iters * d.global_batch_size if evals else 0}
-    datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log)
+    group = host_sync.host_group(getattr(cfg.parallel, "distributed_timeout_minutes", None))  # rank 0 builds
+    datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log,
+                              group=group)
     return tokenizer, tok_path, datasets
 
 
@@ -115,11 +118,12 @@ def make_grad_buffers(cfg, named, groups) -> GradBuffers:
 
 def pretrain(cfg, log=print) -> dict:
     """Runs training as configured; returns a summary (final state, last losses)."""
-    rank, world, device = init_distributed(cfg.parallel.distributed_backend)
+    rank, world, device = init_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
     apply_checkpoint_args(cfg, log if rank == 0 else (lambda *a, **k: None))
     finalize(cfg, world)
     p = cfg.parallel
-    groups = ParallelGroups.build(p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
+    groups = ParallelGroups.build(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
+                                  timeout=datetime.timedelta(minutes=p.distributed_timeout_minutes))
     for grp, name in ((groups.tp_group, "tp"), (groups.dp_group, "dp"), (groups.pp_group, "pp"),
                       (groups.mp_group, "mp"), (groups.embd_group, "embd"), (groups.world_group, "world")):
         comm.GROUP_NAMES.setdefault(grp, name)
@@ -130,6 +134,10 @@ def pretrain(cfg, log=print) -> dict:
         torch.set_num_threads(cfg.train.num_threads)
     prec, dtype = precision(cfg)
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
+    tf32 = tf32_enabled(device.type, prec, o.tf32)
+    apply_tf32(tf32, device.type)
+    log(f"TF32 for fp32 matmuls: {'on' if tf32 else 'off'} ({prec} on {device.type}"
+        f"{', --tf32' if o.tf32 else ', --no-tf32' if o.tf32 is False else ''})")
     tokenizer, tok_path, datasets = setup_data(cfg, log)
     tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
     core = build_chunks(cfg, tokenizer.vocab_size, groups, device, dtype)
@@ -145,10 +153,12 @@ def pretrain(cfg, log=print) -> dict:
     schedule = LRSchedule.from_config(o)
     state = {"iteration": 0, "consumed_samples": 0, "skipped_iters": 0}
     torch.manual_seed(stage_seed(t.seed, groups.pp_rank))
-    if t.load and find_checkpoint(t.load) is None:
+    # rank 0 resolves the checkpoint and reads its metadata; the others get both by broadcast
+    reader = open_checkpoint(t.load, group=host_sync.host_group(p.distributed_timeout_minutes),
+                             missing_ok=True) if t.load else None
+    if t.load and reader is None:
         log(f"note: --load {t.load} holds no complete checkpoint yet; starting from scratch")
-    elif t.load:
-        reader = open_checkpoint(t.load)
+    elif reader is not None:
         state.update(load_state(reader, core, optimizer, groups))
         log(f"resumed from {reader.path} at iteration {state['iteration']} "
             f"({state['consumed_samples']} samples consumed)")
@@ -160,7 +170,7 @@ def pretrain(cfg, log=print) -> dict:
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
     metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir)
     flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size) / world  # per device
-    peak = peak_tflops(prec, device.type, t.peak_tflops)
+    peak = peak_tflops(prec, device.type, t.peak_tflops, tf32) if is_logger else None  # only the logger uses it
     consecutive_skips, losses, gnorms, last_save, pending = 0, [], [], None, None
     window = {"loss": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0, "comm": 0.0}
     model = core
@@ -205,7 +215,8 @@ def pretrain(cfg, log=print) -> dict:
             rec = {"iteration": it, "consumed_samples": state["consumed_samples"], "lm_loss": window["loss"] / n,
                    "grad_norm": window["gnorm"] / n, "lr": lr, "loss_scale": optimizer.loss_scale,
                    "skipped_iters": state["skipped_iters"], "tokens_per_sec": tps, "tflops": tflops,
-                   "mfu": tflops / peak, "step_time": window["time"] / n,
+                   "mfu": tflops / peak.tflops if peak else None, "peak_tflops": peak and peak.tflops,
+                   "peak_source": peak and peak.source, "step_time": window["time"] / n,
                    "comm_bytes_per_step": window["comm"] / n}
             metrics.train(rec, (t.train_iters - it) * window["time"] / n)
             window = dict.fromkeys(window, 0.0)
@@ -236,10 +247,20 @@ def pretrain(cfg, log=print) -> dict:
 
 
 def main(argv=None) -> int:
+    """The command line: 0 on success, 2 for a configuration error, 1 for a missing file or an
+    aborted run (one line ``error: ...`` on stderr). The process group is torn down on every path
+    (groups.shutdown_distributed): destroyed after success and after these errors, which every
+    rank meets alike; aborted (NCCL) when anything else escapes, so this rank need not wait for
+    peers that may be stuck in a collective."""
+    clean = False
     try:
         cfg, _ = parse_config(argv)
         pretrain(cfg)
+        clean = True
     except (ConfigError, FileNotFoundError, TrainingAborted) as e:
+        clean = True
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    finally:
+        shutdown_distributed(clean)
     return 0

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_th.parallel.layers import shard_offsets
-from megatron_th.training.checkpoint import CheckpointReader, CheckpointWriter, find_checkpoint
+from megatron_th.parallel import host_sync
+from megatron_th.training.checkpoint import CheckpointReader, CheckpointWriter, open_shared
 
 
 class _Single:
@@ -41,12 +42,31 @@ def _pieces(name, t, p, groups):
     return [(name, part, full, off) for part, (off, _) in zip(parts, regions)]
 
 
+def _tp_rngs(model) -> list:
+    """Every chunk's sharded-dropout stream (ModelChunks.tp_rngs, or one module's tp_rng)."""
+    if model is None:
+        return []
+    if hasattr(model, "tp_rngs"):
+        return list(model.tp_rngs)
+    return [model.tp_rng] if getattr(model, "tp_rng", None) is not None else []
+
+
+def _cuda_device(model):
+    """The CUDA device the model lives on, or None (CPU/gloo runs never touch CUDA's RNG)."""
+    p = next(iter(model.parameters()), None) if model is not None else None
+    return p.device if p is not None and p.device.type == "cuda" else None
+
+
 def rng_tensors(rank: int, model=None) -> list:
+    """This rank's RNG states as checkpoint pieces: ``rng.<rank>.cpu``, ``rng.<rank>.cuda`` (when
+    the model is on a GPU) and ``rng.<rank>.tp.<chunk>`` for each model chunk's sharded-dropout
+    stream (uint8 tensors of get_rng_state)."""
     out = [(f"rng.{rank}.cpu", torch.get_rng_state())]
-    if torch.cuda.is_available():
-        out.append((f"rng.{rank}.cuda", torch.cuda.get_rng_state()))
-    if model is not None and getattr(model, "tp_rng", None) is not None:
-        out.append((f"rng.{rank}.tp", model.tp_rng.state))
+    dev = _cuda_device(model)
+    if dev is not None:
+        out.append((f"rng.{rank}.cuda", torch.cuda.get_rng_state(dev)))
+    for c, rng in enumerate(_tp_rngs(model)):
+        out.append((f"rng.{rank}.tp.{c}", rng.state))
     return [(n, t, list(t.shape), (0,) * t.dim()) for n, t in out]
 
 
@@ -155,13 +175,11 @@ def save_state(cfg, model, optimizer, state: dict, tokenizer, keep_last=None, gr
     groups = groups or _Single()
     distributed = dist.is_initialized() and groups.world_group is not None
     writer = CheckpointWriter(cfg.train.save, state["iteration"])
-    if groups.rank == 0:
-        writer.prepare()
-    if distributed:
-        dist.barrier()
+    # rank 0 makes iter_N.tmp; every rank must see it (one ConfigError on every rank if not)
+    writer.prepare_shared(host_sync.host_group(cfg.parallel.distributed_timeout_minutes) if distributed else None)
     pieces = []
     params = dict(model.named_parameters())
-    opt_state = optimizer.state_tensors()  # collective under Zero-1: every rank takes part
+    opt_state = optimizer.state_tensors()  # collective under Zero-1: every rank takes part, DP rank 0 gets them
     if groups.dp_rank == 0:
         for n, p in params.items():
             pieces += _pieces(n, p, p, groups)
@@ -180,12 +198,18 @@ def save_state(cfg, model, optimizer, state: dict, tokenizer, keep_last=None, gr
     return pending.finish()
 
 
-def open_checkpoint(load_dir: str, iteration: int | None = None) -> CheckpointReader:
-    path = find_checkpoint(load_dir, iteration)
-    if path is None:
-        what = f"checkpoint of iteration {iteration}" if iteration is not None else "complete checkpoint"
-        raise FileNotFoundError(f"--load {load_dir}: no {what} there (looked for latest and iter_*/metadata.json)")
-    return CheckpointReader(path)
+def open_checkpoint(load_dir: str, iteration: int | None = None, group="auto",
+                    missing_ok: bool = False) -> CheckpointReader | None:
+    """The checkpoint to load from ``load_dir`` (``iteration``, else ``latest``, else the newest).
+
+    ``group``: "auto" = host_sync.host_group() when torch.distributed is initialized with several
+    ranks (then every rank must call this), else this process alone (tools); or a group / None.
+    Rank 0 resolves, scans and reads the metadata and broadcasts them (training/checkpoint.py
+    ``open_shared``). Returns None if there is none and ``missing_ok``; else FileNotFoundError
+    naming --load."""
+    if isinstance(group, str):  # "auto"
+        group = host_sync.host_group()
+    return open_shared(load_dir, iteration, group, missing_ok)
 
 
 def _read_local(reader, name, p, groups) -> torch.Tensor:
@@ -223,8 +247,13 @@ def load_state(reader: CheckpointReader, model, optimizer, groups=None) -> dict:
     r = groups.rank
     if same_layout and f"rng.{r}.cpu" in reader.tensors:
         torch.set_rng_state(reader.read(f"rng.{r}.cpu"))
-        if torch.cuda.is_available() and f"rng.{r}.cuda" in reader.tensors:
-            torch.cuda.set_rng_state(reader.read(f"rng.{r}.cuda"))
-        if getattr(model, "tp_rng", None) is not None and f"rng.{r}.tp" in reader.tensors:
-            model.tp_rng.state = reader.read(f"rng.{r}.tp")
+        dev = _cuda_device(model)
+        if dev is not None and f"rng.{r}.cuda" in reader.tensors:
+            torch.cuda.set_rng_state(reader.read(f"rng.{r}.cuda"), dev)
+        for c, rng in enumerate(_tp_rngs(model)):
+            key = f"rng.{r}.tp.{c}"
+            if key not in reader.tensors and c == 0:
+                key = f"rng.{r}.tp"  # checkpoints before per-chunk streams held the first chunk's only
+            if key in reader.tensors:
+                rng.state = reader.read(key)
     return dict(reader.meta.get("state", {}))
