@@ -13,16 +13,18 @@ So asking for more samples only appends: the first N samples never change.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_th.config import ConfigError
 from megatron_th.data.indexed import IndexedDataset
 from megatron_th.data.kernels import build_blending_indices, build_sample_idx
+from megatron_th.parallel import host_sync
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -83,39 +85,70 @@ class _Index:
     shuffle_idx: np.ndarray  # int64 [n]: global sample -> raw sample
 
 
-def _locked_build(path_base: str, build):
-    """Load ``path_base.{doc,sample,shuffle}.npy``, building them once under a file lock.
+def _index_files(cache_dir: str, stem: str) -> list[str]:
+    return [os.path.join(cache_dir, f"{stem}.{n}.npy") for n in ("doc", "sample", "shuffle")]
 
-    Whoever takes the lock first builds (rank 0 in practice); the others wait and load. Files are
-    written under temporary names and renamed, so a killed build leaves nothing half-written.
-    """
-    names = ("doc", "sample", "shuffle")
-    files = [f"{path_base}.{n}.npy" for n in names]
-    os.makedirs(os.path.dirname(path_base), exist_ok=True)
-    with open(path_base + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not all(os.path.exists(f) for f in files):
-                arrays = build()
-                for f, a in zip(files, arrays):
-                    tmp = f + f".{os.getpid()}.tmp"
-                    with open(tmp, "wb") as fh:
-                        np.save(fh, a)
-                    os.replace(tmp, f)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return _Index(*(np.load(f, mmap_mode="r") for f in files))
+
+def _cache_error(cache_dir: str, e: OSError) -> ConfigError:
+    return ConfigError(f"--data-cache-path: cannot write dataset indices to {cache_dir} ({e.strerror or e}); "
+                       f"give --data-cache-path a writable directory that every rank can read "
+                       f"(default: index_cache/ beside the data)")
+
+
+def _write_index(files: list[str], arrays) -> None:
+    """Writes each array under a unique temporary name, then renames it: a killed build leaves
+    nothing half-written, and two nodes building at once write identical files."""
+    cache_dir = os.path.dirname(files[0])
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        for f, a in zip(files, arrays):
+            tmp = f"{f}.{socket.gethostname()}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as fh:
+                np.save(fh, a)
+            os.replace(tmp, f)
+    except OSError as e:
+        raise _cache_error(cache_dir, e) from None
+
+
+def _cached_index(cache_dir: str, prefix_name: str, split: int, key, build, group=None) -> "_Index":
+    """Loads ``cache_dir/<name>_<split>_<digest>.{doc,sample,shuffle}.npy``, built once.
+
+    ``key()`` gives the cache key (hashing the data), called only on rank 0; its digest is
+    broadcast. Rank 0 builds, the others wait on ``group`` (host_sync.host_group); if some rank
+    cannot see the files (node-local cache), local rank 0 of each node builds them (see
+    host_sync.one_rank_builds). No file locks (Lustre may lack flock; NFS locks are per node).
+    Raises ConfigError naming --data-cache-path when the directory is not writable."""
+    def plan():
+        return hashlib.sha1(json.dumps(key(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def files(digest):
+        return _index_files(cache_dir, f"{prefix_name}_{SPLIT_NAMES[split]}_{digest}")
+
+    def missing(digest, ranks):
+        return FileNotFoundError(f"--data-cache-path: ranks {ranks} cannot see the dataset indices "
+                                 f"{files(digest)[0]} even after building them on their node; give "
+                                 f"--data-cache-path a directory every rank can read and write")
+
+    digest = host_sync.one_rank_builds(plan, lambda dg: all(os.path.exists(f) for f in files(dg)),
+                                       lambda dg: _write_index(files(dg), build()), group,
+                                       shared=(ConfigError, FileNotFoundError), missing=missing)
+    return _Index(*(np.load(f, mmap_mode="r") for f in files(digest)))
 
 
 class GPTDataset:
-    """Samples of ``seq_length + 1`` tokens from documents [doc_start, doc_end) of one dataset."""
+    """Samples of ``seq_length + 1`` tokens from documents [doc_start, doc_end) of one dataset.
+
+    Its indices are cached in ``cache_dir`` (default: ``index_cache/`` beside the data). With
+    ``group`` (host_sync.host_group(), every rank constructing the same datasets in the same
+    order) rank 0 hashes the data and builds, the others wait and load; without it (one process)
+    this process does both."""
 
     def __init__(self, indexed: IndexedDataset, split: int, doc_range: tuple[int, int], seq_length: int,
-                 seed: int, num_samples: int, cache_dir: str | None = None):
+                 seed: int, num_samples: int, cache_dir: str | None = None, group=None):
         self.indexed, self.split, self.seq_length, self.seed = indexed, split, seq_length, seed
         self.name = f"{os.path.basename(indexed.prefix)}:{SPLIT_NAMES[split]}"
         self.doc_ids = np.arange(*doc_range, dtype=np.int64)
-        self.tokens_per_epoch = int(indexed.sizes[self.doc_ids].sum(dtype=np.int64))
+        self.tokens_per_epoch = int(indexed.sizes[doc_range[0]:doc_range[1]].sum(dtype=np.int64))
         if self.tokens_per_epoch < 2:
             raise ValueError(f"{indexed.prefix}: split {SPLIT_NAMES[split]} has {self.tokens_per_epoch} tokens")
         self.block = max(self.tokens_per_epoch // seq_length, 1)
@@ -123,13 +156,13 @@ class GPTDataset:
         self.num_raw = blocks * self.block
         self.num_epochs = -(-(self.num_raw * seq_length + 1) // self.tokens_per_epoch)
         self.num_samples = num_samples
-        key = {"data": hashlib.sha1(np.ascontiguousarray(indexed.sizes).tobytes()).hexdigest(),
-               "dtype": str(indexed.dtype), "split": split, "docs": list(doc_range), "seed": seed,
-               "seq_length": seq_length, "blocks": blocks, "version": 1}
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+        def key():  # hashes the whole sizes array: only the rank that decides calls it
+            return {"data": hashlib.sha1(np.ascontiguousarray(indexed.sizes).tobytes()).hexdigest(),
+                    "dtype": str(indexed.dtype), "split": split, "docs": list(doc_range), "seed": seed,
+                    "seq_length": seq_length, "blocks": blocks, "version": 1}
         cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(indexed.prefix)), "index_cache")
-        base = os.path.join(cache_dir, f"{os.path.basename(indexed.prefix)}_{SPLIT_NAMES[split]}_{digest}")
-        self.index = _locked_build(base, self._build)
+        self.index = _cached_index(cache_dir, os.path.basename(indexed.prefix), split, key, self._build, group)
 
     def _build(self):
         doc_idx = np.concatenate([_rng(self.seed, self.split, 0, e).permutation(self.doc_ids)
@@ -190,9 +223,10 @@ class BlendedDataset:
 
 
 def build_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
-                   num_samples: dict[str, int], cache_dir: str | None = None, log=print) -> dict:
+                   num_samples: dict[str, int], cache_dir: str | None = None, log=print, group=None) -> dict:
     """``{"train": ds, "valid": ds, "test": ds}``; a split that gets no documents is None
-    (reported once). Several prefixes are blended by weight (or by token count if no weights)."""
+    (reported once). Several prefixes are blended by weight (or by token count if no weights).
+    ``group``: host_sync.host_group() when every rank calls this (rank 0 builds the indices)."""
     blend = parse_data_path(data_path)
     indexed = [IndexedDataset(p) for _, p in blend]
     if blend[0][0] is None:
@@ -215,7 +249,7 @@ def build_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
             continue
         def make(j, count, s=s, live=live):
             d = live[j]
-            return GPTDataset(indexed[d], s, ranges[d][s], seq_length, seed, count, cache_dir)
+            return GPTDataset(indexed[d], s, ranges[d][s], seq_length, seed, count, cache_dir, group)
         if len(indexed) == 1:
             out[name] = make(0, n)
         else:

@@ -17,15 +17,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from megatron_th.config import ConfigError
+from megatron_th.parallel import host_sync
+
 FORMAT = "megatron_th-checkpoint/1"
 _ITER = re.compile(r"^iter_(\d{7,})$")
 _PICKLE_EXT = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".distcp")
+_TOKEN = ".prepared"  # in iter_N.tmp only: lets every rank check it sees the directory rank 0 made
 
 
 class CheckpointError(RuntimeError):
@@ -110,12 +115,39 @@ class CheckpointWriter:
         self.final = os.path.join(save_dir, iter_dirname(iteration))
         self.tmp = self.final + ".tmp"
 
-    def prepare(self) -> None:
-        """One rank, before any shard is written."""
-        os.makedirs(self.save_dir, exist_ok=True)
-        if os.path.exists(self.tmp):
-            shutil.rmtree(self.tmp)
-        os.makedirs(self.tmp)
+    def prepare(self) -> str:
+        """One rank, before any shard is written: a fresh ``iter_N.tmp`` holding a random token
+        file; returns the token. Raises ConfigError naming --save if the directory cannot be made."""
+        token = secrets.token_hex(8)
+        try:
+            os.makedirs(self.save_dir, exist_ok=True)
+            if os.path.exists(self.tmp):
+                shutil.rmtree(self.tmp)
+            os.makedirs(self.tmp)
+            with open(os.path.join(self.tmp, _TOKEN), "w") as f:
+                f.write(token)
+        except OSError as e:
+            raise ConfigError(f"--save {self.save_dir}: cannot create {self.tmp} ({e.strerror or e})") from None
+        return token
+
+    def sees(self, token: str) -> bool:
+        """Whether this process sees the ``iter_N.tmp`` that ``prepare`` (maybe on another node) made."""
+        try:
+            with open(os.path.join(self.tmp, _TOKEN)) as f:
+                return f.read() == token
+        except OSError:
+            return False
+
+    def prepare_shared(self, group=None) -> None:
+        """Every rank, before any shard is written: rank 0 prepares; every rank checks that it sees
+        the new ``iter_N.tmp`` (by its token); the answers are all-gathered, so a save directory
+        some rank cannot see (node-local ``--save``) fails on every rank with one ConfigError
+        instead of a hang or a missing shard. ``group``: host_sync.host_group() (None: one process)."""
+        token = host_sync.run_on_rank0(self.prepare, group, shared=(ConfigError,))
+        bad = host_sync.ranks_failing(self.sees(token), group)
+        if bad:
+            raise ConfigError(f"--save {self.save_dir}: rank(s) {bad} cannot see {self.tmp}, which rank 0 "
+                              f"just created; --save must be on a filesystem every rank shares")
 
     def write_shard(self, rank: int, pieces: list) -> list:
         payload, index = shard_entries(rank, pieces)
@@ -128,6 +160,8 @@ class CheckpointWriter:
         meta = dict(meta, format=FORMAT, iteration=self.iteration, tensors=merge_indices(indices))
         for name, src in (files or {}).items():
             _write_extra(os.path.join(self.tmp, name), src)
+        if os.path.exists(os.path.join(self.tmp, _TOKEN)):
+            os.remove(os.path.join(self.tmp, _TOKEN))
         _write_atomic(os.path.join(self.tmp, "metadata.json"), json.dumps(meta, indent=1).encode())
         _fsync_dir(self.tmp)
         if os.path.exists(self.final):  # re-saving the same iteration replaces it
@@ -167,34 +201,62 @@ def find_checkpoint(load_dir: str, iteration: int | None = None) -> str | None:
     return os.path.join(load_dir, iter_dirname(its[-1])) if its else None
 
 
+def scan_checkpoint(path: str) -> dict:
+    """Safety scan and metadata of checkpoint directory ``path``: refuses pickle / torch.save files
+    and slices pointing outside the directory, reads ``metadata.json``. Opens every file once; in a
+    distributed run only rank 0 calls it (see ``open_shared``). Raises CheckpointError."""
+    path = os.path.realpath(path)
+    meta_path = os.path.join(path, "metadata.json")
+    for f in os.listdir(path):
+        full = os.path.join(path, f)
+        if f == "metadata.json":  # parsed as JSON below: a pickle there fails to parse
+            continue
+        if f.endswith(_PICKLE_EXT) or (os.path.isfile(full) and _looks_pickled(full)):
+            raise CheckpointError(f"{full}: refusing to load a pickle/torch.save file from a checkpoint")
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 (a pickle)
+        raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({e})") from None
+    _check_meta(path, meta)
+    first = {}
+    for name, e in meta["tensors"].items():
+        for s in e["slices"]:
+            first.setdefault(s["file"], name)
+    for fname, name in first.items():  # each file once: a path check per slice is slow on Lustre
+        full = os.path.realpath(os.path.join(path, fname))
+        if os.path.dirname(full) != path:
+            raise CheckpointError(f"{path}/metadata.json: tensor {name} points outside the checkpoint ({fname!r})")
+    return meta
+
+
+def _check_meta(path: str, meta: dict) -> None:
+    """Checks that need no file access: format, and slice files named as plain .safetensors files."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}/metadata.json: unknown checkpoint format {fmt!r}")
+    for name, e in meta["tensors"].items():
+        for s in e["slices"]:
+            f = s["file"]
+            if not f.endswith(".safetensors") or os.path.basename(f) != f:
+                raise CheckpointError(f"{path}/metadata.json: tensor {name} points outside the checkpoint ({f!r})")
+
+
 class CheckpointReader:
-    """Reads any region of any logical tensor; refuses pickles and paths leaving the directory."""
+    """Reads any region of any logical tensor; refuses pickles and paths leaving the directory.
 
-    def __init__(self, path: str):
-        self.path = os.path.realpath(path)
-        meta_path = os.path.join(self.path, "metadata.json")
-        for f in os.listdir(self.path):
-            full = os.path.join(self.path, f)
-            if f.endswith(_PICKLE_EXT) or (os.path.isfile(full) and _looks_pickled(full)):
-                raise CheckpointError(f"{full}: refusing to load a pickle/torch.save file from a checkpoint")
-        try:
-            with open(meta_path, encoding="utf-8") as fh:
-                self.meta = json.load(fh)
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({e})") from None
-        if self.meta.get("format") != FORMAT:
-            raise CheckpointError(f"{meta_path}: unknown checkpoint format {self.meta.get('format')!r}")
+    ``CheckpointReader(path)`` scans the directory itself (``scan_checkpoint``). Given ``meta``
+    (rank 0's scan, broadcast by ``open_shared``) it opens nothing until ``read``, and then only
+    the shard files holding the requested regions."""
+
+    def __init__(self, path: str, meta: dict | None = None):
+        if meta is None:
+            self.path, self.meta = os.path.realpath(path), scan_checkpoint(path)
+        else:
+            self.path, self.meta = path, meta
+            _check_meta(path, meta)
         self.tensors = self.meta["tensors"]
-        for name, e in self.tensors.items():
-            for s in e["slices"]:
-                self._file(s["file"], name)
         self._handles = {}
-
-    def _file(self, fname: str, name: str) -> str:
-        full = os.path.realpath(os.path.join(self.path, fname))
-        if os.path.dirname(full) != self.path or not fname.endswith(".safetensors"):
-            raise CheckpointError(f"{self.path}/metadata.json: tensor {name} points outside the checkpoint ({fname!r})")
-        return full
 
     def _handle(self, fname: str):
         if fname not in self._handles:
@@ -231,6 +293,35 @@ class CheckpointReader:
         if covered < need:
             raise CheckpointError(f"{self.path}: tensor {name} region {offset}+{shape} is not fully covered by its slices")
         return out
+
+
+def open_shared(load_dir: str, iteration: int | None = None, group=None, missing_ok: bool = False):
+    """Every rank of ``group`` (host_sync.host_group(); None: this process alone): rank 0 resolves
+    the checkpoint (``find_checkpoint``), scans it and reads its metadata, and broadcasts path and
+    metadata; the other ranks open no file here. Every rank then checks it sees ``metadata.json``
+    (a stat); if one cannot, every rank raises FileNotFoundError ("--load must be on a filesystem
+    every rank shares"). Returns a CheckpointReader, or None when there is no checkpoint and
+    ``missing_ok``; else raises FileNotFoundError naming --load. CheckpointError on every rank for
+    an unsafe or malformed checkpoint."""
+    def resolve():
+        path = find_checkpoint(load_dir, iteration)
+        if path is None:
+            if missing_ok:
+                return None
+            what = f"checkpoint of iteration {iteration}" if iteration is not None else "complete checkpoint"
+            raise FileNotFoundError(f"--load {load_dir}: no {what} there (looked for latest and iter_*/metadata.json)")
+        path = os.path.realpath(path)
+        return {"path": path, "meta": scan_checkpoint(path)}
+
+    found = host_sync.run_on_rank0(resolve, group, shared=(FileNotFoundError, CheckpointError))
+    if found is None:
+        return None
+    if group is not None:
+        bad = host_sync.ranks_failing(os.path.isfile(os.path.join(found["path"], "metadata.json")), group)
+        if bad:
+            raise FileNotFoundError(f"--load {load_dir}: rank(s) {bad} cannot see {found['path']}, which rank 0 "
+                                    f"loads; --load must be on a filesystem every rank shares")
+    return CheckpointReader(found["path"], found["meta"])
 
 
 def _looks_pickled(path: str) -> bool:
