@@ -7,7 +7,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean gpu-check
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VPY) tools/demo.py
+
+# on a fresh GPU node: every GPU/NCCL step under a timeout (docs/cluster.md); installs nothing
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info megatron_th/_C*.so

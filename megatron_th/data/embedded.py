@@ -1,13 +1,12 @@
 """The embedded Thai+English corpus and tokenizer: the default data of every command.
 
 ``embedded_data_path()`` tokenizes each source file of ``megatron_th/assets/corpus`` (not the
-deliberately dirty one) into ``.bin/.idx`` on first use, under a file lock so that many ranks
-starting at once build it once, in a cache directory keyed by the corpus and tokenizer contents.
+deliberately dirty one) into ``.bin/.idx`` on first use, once (rank 0 builds, the other ranks
+wait), in a cache directory keyed by the corpus and tokenizer contents.
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import os
 
@@ -29,28 +28,41 @@ def cache_root() -> str:
     return os.environ.get("MEGATRON_TH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "megatron_th"))
 
 
-def embedded_data_path(root: str | None = None, tokenizer: str = DEFAULT_TOKENIZER, log=print) -> list[str]:
-    """Prefixes of the tokenized embedded corpus (built once), one per source."""
+def embedded_data_path(root: str | None = None, tokenizer: str = DEFAULT_TOKENIZER, log=print,
+                       group=None) -> list[str]:
+    """Prefixes of the tokenized embedded corpus (built once), one per source.
+
+    Under torch.distributed pass ``group`` (parallel/host_sync.host_group()): rank 0 hashes the
+    sources and builds, the others wait and then read; a node that cannot see the cache (a
+    node-local home directory) builds its own (host_sync.one_rank_builds). No file locks: cluster
+    filesystems may not have them. Preprocessing writes atomically, so two independent runs
+    building at once only duplicate work."""
     from megatron_th.data.indexed import dataset_exists
     from megatron_th.data.preprocess import build_parser, run
+    from megatron_th.parallel.host_sync import one_rank_builds
 
-    h = hashlib.sha1()
-    for f in corpus_files() + [tokenizer]:
-        with open(f, "rb") as fh:
-            h.update(fh.read())
-    out_dir = os.path.join(root or cache_root(), "embedded", h.hexdigest()[:12])
-    os.makedirs(out_dir, exist_ok=True)
-    prefixes = [os.path.join(out_dir, s) for s in SOURCES]
-    with open(os.path.join(out_dir, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for src, prefix in zip(corpus_files(), prefixes):
+    def plan():
+        h = hashlib.sha1()
+        for f in corpus_files() + [tokenizer]:
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+        return os.path.join(root or cache_root(), "embedded", h.hexdigest()[:12])
+
+    def exists(out_dir):
+        return all(dataset_exists(os.path.join(out_dir, s) + "_text_document") for s in SOURCES)
+
+    def build(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+        for src, s in zip(corpus_files(), SOURCES):
+            prefix = os.path.join(out_dir, s)
             if not dataset_exists(prefix + "_text_document"):
                 log(f"building {prefix}_text_document from {os.path.basename(src)}")
                 args = build_parser().parse_args(["--input", src, "--tokenizer-model", tokenizer,
                                                   "--output-prefix", prefix, "--append-eod", "--quiet"])
                 run(args, log=lambda m: None)
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return [p + "_text_document" for p in prefixes]
+
+    out_dir = one_rank_builds(plan, exists, build, group)
+    return [os.path.join(out_dir, s) + "_text_document" for s in SOURCES]
 
 
 if __name__ == "__main__":  # python -m megatron_th.data.embedded: build and print the prefixes

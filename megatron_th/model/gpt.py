@@ -19,11 +19,17 @@ from megatron_th.model.blocks import RotaryEmbedding, TransformerLayer, make_nor
 from megatron_th.model.documents import DocumentPlan
 
 
+def _embedding(rows: int, width: int) -> nn.Embedding:
+    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))
+
+
 class Embedding(nn.Module):
     def __init__(self, cfg, padded_vocab: int, with_positions: bool):
         super().__init__()
-        self.word_embeddings = nn.Embedding(padded_vocab, cfg.hidden_size)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size) if with_positions else None
+        # weights come from model/init.py (or a checkpoint), so nn.Embedding's own normal_ init is
+        # skipped: under torch.device("meta") it costs ~1.2 s per process (it imports torch._dynamo)
+        self.word_embeddings = _embedding(padded_vocab, cfg.hidden_size)
+        self.position_embeddings = _embedding(cfg.max_position_embeddings, cfg.hidden_size) if with_positions else None
         self.dropout = cfg.hidden_dropout
 
     def forward(self, tokens, position_ids):

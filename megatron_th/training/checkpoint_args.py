@@ -3,17 +3,23 @@
 (Megatron-LM's flag of the same name). Runs on every rank before ``finalize``."""
 from __future__ import annotations
 
-from megatron_th.training.checkpoint import find_checkpoint
 
 
-def apply_checkpoint_args(cfg, log=print) -> None:
+def apply_checkpoint_args(cfg, log=print):
+    """Returns the ``--load`` checkpoint's reader (None without one), opened once for the whole
+    run: rank 0 resolves and scans it and broadcasts its metadata (resume.open_checkpoint), so
+    every rank decides the same way. Every rank must call this."""
     from megatron_th.config import ARCH_FIELDS
+    from megatron_th.parallel import host_sync
     from megatron_th.training.resume import open_checkpoint, tokenizer_spec
 
     t, d = cfg.train, cfg.data
-    if not t.load or find_checkpoint(t.load) is None:
-        return
-    reader = open_checkpoint(t.load)
+    if not t.load:
+        return None
+    reader = open_checkpoint(t.load, group=host_sync.host_group(cfg.parallel.distributed_timeout_minutes),
+                             missing_ok=True)
+    if reader is None:
+        return None
     if not d.tokenizer_model:
         d.tokenizer_model = tokenizer_spec(reader)
         if d.tokenizer_model:
@@ -27,3 +33,4 @@ def apply_checkpoint_args(cfg, log=print) -> None:
                 setattr(cfg.model, k, saved[k])
         log(f"--use-checkpoint-args: model architecture from {reader.path}"
             + (f" (replaced {', '.join(changed)})" if changed else ""))
+    return reader

@@ -23,11 +23,10 @@ from megatron_th.parallel.grads import TIED, finalize_grads, norm_weights, sq_no
 from megatron_th.parallel.groups import ParallelGroups, init_distributed, shutdown_distributed
 from megatron_th.parallel.rng import stage_seed
 from megatron_th.parallel.stages import build_chunks
-from megatron_th.training.checkpoint import find_checkpoint
 from megatron_th.training.checkpoint_args import apply_checkpoint_args
 from megatron_th.training.metrics import MetricsLogger, apply_tf32, peak_tflops, tf32_enabled
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
-from megatron_th.training.resume import load_state, open_checkpoint, save_state, tokenizer_files
+from megatron_th.training.resume import load_state, save_state, tokenizer_files
 from megatron_th.training.schedules import LRSchedule
 from megatron_th.training.step import Stepper
 
@@ -58,11 +57,11 @@ def setup_data(cfg, log=print):
     d, t = cfg.data, cfg.train
     tok_path = d.tokenizer_model or DEFAULT_TOKENIZER
     tokenizer = load_tokenizer(tok_path)
-    data_path = d.data_path or embedded_data_path(log=log)
+    group = host_sync.host_group(getattr(cfg.parallel, "distributed_timeout_minutes", None))  # rank 0 builds
+    data_path = d.data_path or embedded_data_path(log=log, group=group)
     evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
     n = {"train": t.train_iters * d.global_batch_size,
          "valid": t.eval_iters * d.global_batch_size if evals else 0}
-    group = host_sync.host_group(getattr(cfg.parallel, "distributed_timeout_minutes", None))  # rank 0 builds
     datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log,
                               group=group)
     return tokenizer, tok_path, datasets
@@ -119,7 +118,7 @@ def make_grad_buffers(cfg, named, groups) -> GradBuffers:
 def pretrain(cfg, log=print) -> dict:
     """Runs training as configured; returns a summary (final state, last losses)."""
     rank, world, device = init_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
-    apply_checkpoint_args(cfg, log if rank == 0 else (lambda *a, **k: None))
+    reader = apply_checkpoint_args(cfg, log if rank == 0 else (lambda *a, **k: None))
     finalize(cfg, world)
     p = cfg.parallel
     groups = ParallelGroups.build(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
@@ -153,9 +152,8 @@ def pretrain(cfg, log=print) -> dict:
     schedule = LRSchedule.from_config(o)
     state = {"iteration": 0, "consumed_samples": 0, "skipped_iters": 0}
     torch.manual_seed(stage_seed(t.seed, groups.pp_rank))
-    # rank 0 resolves the checkpoint and reads its metadata; the others get both by broadcast
-    reader = open_checkpoint(t.load, group=host_sync.host_group(p.distributed_timeout_minutes),
-                             missing_ok=True) if t.load else None
+    # rank 0 resolved the checkpoint and read its metadata (apply_checkpoint_args); the others got
+    # both by broadcast
     if t.load and reader is None:
         log(f"note: --load {t.load} holds no complete checkpoint yet; starting from scratch")
     elif reader is not None:
