@@ -162,3 +162,41 @@ def plan_events(p: int, m: int, v: int, forward_only: bool, plan) -> dict[int, l
             evs += [{"type": "wait", "id": i} for i in ids]
         events[r] = evs
     return events
+
+
+def plan_makespan(p: int, m: int, v: int, plan, steps, f: float = 1.0, b: float = 2.0) -> float:
+    """Time of one training step when each rank runs ``steps`` (p2p_plan.steps) with an exchange
+    from ``plan`` before each step (and one after the last), a chunk's forward costing f/v and
+    its backward b/v, and messages costing nothing but the rendezvous: an exchange finishes when
+    every message in it has both ends posted (the receiver's or sender's exchange has started).
+    Compare with schedule_order.simulate, where an op waits only for its input."""
+    ex = {r: plan(p, r, m, v, False) for r in range(p)}
+    st = {r: steps(p, r, m, v, False) for r in range(p)}
+    where = {}  # (message, "send" | "recv") -> (rank, exchange index)
+    for r in range(p):
+        for j, e in enumerate(ex[r]):
+            for msg in e["send"]:
+                where[(msg, "send")] = (r, j)
+            for msg in e["recv"]:
+                where[(msg, "recv")] = (r, j)
+    start, end = {}, {}
+    pos, clock = [0] * p, [0.0] * p
+    progress = True
+    while progress:
+        progress = False
+        for r in range(p):
+            while pos[r] < len(ex[r]):
+                j = pos[r]
+                start[(r, j)] = clock[r]
+                peers = [where[(msg, "recv")] for msg in ex[r][j]["send"]] + \
+                        [where[(msg, "send")] for msg in ex[r][j]["recv"]]
+                if any(q not in start for q in peers):
+                    break  # posted (start stays known to the peers); finishes once they post
+                end[(r, j)] = max([clock[r]] + [start[q] for q in peers])
+                cost = sum((f if kind == "F" else b) / v for kind, _ in st[r][j]) if j < len(st[r]) else 0.0
+                clock[r] = end[(r, j)] + cost
+                pos[r] += 1
+                progress = True
+    if any(pos[r] < len(ex[r]) for r in range(p)):
+        raise RuntimeError("the plan deadlocks")
+    return max(clock)

@@ -13,7 +13,8 @@ import os
 import pytest
 
 from tests import dist as D
-from tests.nccl_model import plan_events, replay
+from tests.nccl_model import plan_events, plan_makespan, replay
+from megatron_th.parallel.schedule_order import order, simulate, warmup
 from megatron_th.parallel import p2p_plan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -99,8 +100,8 @@ def test_exchange_plan_never_deadlocks_and_fills_every_buffer(p):
 
 
 def test_the_per_op_exchange_deadlocks_interleaved():
-    """Why steady-state F and B share one exchange: sending F's output before the paired B
-    (one exchange per op) deadlocks interleaved 1F1B, e.g. p=2, m=4, v=2."""
+    """Why interleaved steady-state F and B share one exchange: sending F's output before the
+    paired B (one exchange per op, as 1F1B does) deadlocks interleaved 1F1B, e.g. p=2, m=4, v=2."""
     def per_op(p, r, m, v, fo):
         out, pending = [], []
         for step in p2p_plan.steps(p, r, m, v, fo):
@@ -112,6 +113,35 @@ def test_the_per_op_exchange_deadlocks_interleaved():
                 pending = [sent] if sent else []
         return out + [{"send": pending, "recv": []}]
     assert replay(plan_events(2, 4, 2, False, per_op), "eager")["deadlock"]
+
+
+def test_exchanges_keep_the_schedules_ideal_time():
+    """Waiting for an exchange must not cost overlap: with free messages, the step takes exactly
+    what the compute-only replay of the schedule (schedule_order.simulate) takes."""
+    for p in (2, 3, 4, 8):
+        for m, v, fo in cases(p):
+            if not fo:
+                assert plan_makespan(p, m, v, p2p_plan.exchanges, p2p_plan.steps) == simulate(p, m, v)["makespan"]
+
+
+def test_pairing_1f1b_forward_and_backward_serialises_the_stages():
+    """Why 1F1B keeps one op per step: pairing F with the following B (as interleaving must)
+    makes the exchange after the pair wait for the neighbour's whole pair; p=2, m=8: 48 units
+    instead of 27."""
+    def paired_steps(p, r, m, v, fo):
+        ops, w = order(p, r, m, v, fo), warmup(p, r, m, v)
+        s = m * v - w
+        return [[o] for o in ops[:w]] + [ops[w + 2 * i: w + 2 * i + 2] for i in range(s)] + \
+            [[o] for o in ops[w + 2 * s:]]
+
+    def paired_plan(p, r, m, v, fo):
+        saved, p2p_plan.steps = p2p_plan.steps, paired_steps
+        try:
+            return p2p_plan.exchanges(p, r, m, v, fo)
+        finally:
+            p2p_plan.steps = saved
+    assert plan_makespan(2, 8, 1, paired_plan, paired_steps) == 48.0
+    assert simulate(2, 8, 1)["makespan"] == plan_makespan(2, 8, 1, p2p_plan.exchanges, p2p_plan.steps) == 27.0
 
 
 # -- the real executor, recorded ------------------------------------------------------------------

@@ -5,14 +5,19 @@ makes one *exchange* before each step (and one after the last): the sends of the
 plus the receives the next step needs, issued together and waited at once. As in Megatron-LM's
 ``schedules.py`` / ``p2p_communication.py``:
 
-- warm-up forwards and cool-down backwards are steps of one op;
-- a steady-state forward and the backward that follows it form one step: the backward's gradient
-  is received together with the forward's input, and the forward's output is sent together with
-  the backward's gradient after both ran.
+- 1F1B (v = 1): every op is a step, so the exchange after a forward sends its output and receives
+  the gradient of the backward that follows (``send_forward_recv_backward``), and the exchange
+  after a backward sends its input gradient and receives the next forward's input
+  (``send_backward_recv_forward``);
+- interleaved 1F1B (v > 1): warm-up forwards and cool-down backwards are steps of one op, and a
+  steady-state forward with the backward after it form one step, whose exchange sends both
+  outputs and receives both inputs (``send_forward_backward_recv_forward_backward``).
 
-Sending a forward's output before its paired backward instead (an exchange between the two)
-deadlocks interleaved 1F1B under NCCL's rendezvous sends (tests/test_pipeline_p2p_nccl.py has the
-counterexample). ``exchanges`` is what the executor runs and what the NCCL model test replays.
+The other combinations fail one way or the other (tests/test_pipeline_p2p_nccl.py shows both):
+an exchange per op deadlocks interleaved 1F1B under NCCL's rendezvous sends, and pairing
+forward and backward in 1F1B serialises the stages (the exchange after the pair waits for the
+neighbour's whole pair), taking about twice the ideal time. ``exchanges`` is what the executor
+runs and what the NCCL model test replays.
 
 A message is ``(kind, micro_batch, src_vs, dst_vs)``: kind "act" travels to virtual stage
 src_vs + 1 on the activation communicator, "grad" to src_vs - 1 on the gradient communicator.
@@ -23,9 +28,12 @@ from megatron_th.parallel.schedule_order import chunk, micro_batch, order, warmu
 
 
 def steps(p: int, rank: int, m: int, v: int = 1, forward_only: bool = False) -> list[list[tuple[str, int]]]:
-    """This rank's schedule order cut into steps: [[("F", k)], ..., [("F", k), ("B", k')], ..., [("B", k)]]."""
+    """This rank's schedule order cut into steps (see the module docstring): one op per step for
+    1F1B and evaluation, [[("F", k)], ..., [("F", k), ("B", k')], ..., [("B", k)]] interleaved."""
     ops = order(p, rank, m, v, forward_only)
-    w = len(ops) if forward_only else warmup(p, rank, m, v)
+    if v == 1 or forward_only:
+        return [[op] for op in ops]
+    w = warmup(p, rank, m, v)
     out = [[op] for op in ops[:w]]
     steady = m * v - w
     out += [ops[w + 2 * i: w + 2 * i + 2] for i in range(steady)]

@@ -12,10 +12,11 @@ runs. Posting sends early and receiving later, as a tag-matching backend allows,
 1F1B stage r would send activation k+1 then wait for gradient k while stage r+1 sends gradient k
 then waits for activation k+1. So, as Megatron-LM's ``p2p_communication.py`` does:
 
-- the rank's schedule is cut into steps (a warm-up forward, a steady-state forward + backward
-  pair, a cool-down backward) and before each step the rank makes one *exchange*: the sends of
-  the step just run and the receives of the step about to run, issued together
-  (``batch_isend_irecv``) and waited at once (p2p_plan.py says which, as a pure function);
+- the rank's schedule is cut into steps (one op each in 1F1B; interleaved: a warm-up forward,
+  a steady-state forward + backward pair, a cool-down backward) and before each step the rank
+  makes one *exchange*: the sends of the step just run and the receives of the step about to
+  run, issued together (``batch_isend_irecv``) and waited at once (p2p_plan.py says which, as a
+  pure function, and why other cuts deadlock or lose the overlap);
 - activations (to the next stage) and gradients (to the previous stage) travel on two different
   communicators (``groups.pp_fwd_group`` / ``pp_bwd_group``), so every (communicator, sender,
   receiver) carries one kind of message, in the same order on both ends. With PP=2 both
