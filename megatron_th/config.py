@@ -60,8 +60,9 @@ class ParallelConfig:
     overlap_grad_reduce: bool = F(False, "Reduce gradient buckets during backward.")
     overlap_param_gather: bool = F(False, "Gather Zero-1 params during the next forward.")
     accumulate_allreduce_grads_in_fp32: bool = F(False, "Keep the gradient buffer in fp32 under bf16.")
-    distributed_backend: Optional[str] = F(None, "gloo | nccl (default: nccl with CUDA, else gloo).")
-    distributed_timeout_minutes: int = F(10, "Timeout of collectives (NCCL watchdog) in minutes; waits for "
+    distributed_backend: Optional[str] = F(None, "gloo | nccl (default: nccl with CUDA, else gloo).",
+                                           choices=["gloo", "nccl"])
+    distributed_timeout_minutes: int = F(10, "Timeout of collectives (NCCL watchdog) in minutes, default 10; waits for "
                                              "one-rank work such as building dataset indices use max(this, 60).")
 
 

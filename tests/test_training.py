@@ -222,3 +222,26 @@ def test_async_save_writes_the_same_checkpoints(data_prefix, tmp_path):
         assert out["sync"][it].keys() == out["async"][it].keys()
         for n, t in out["sync"][it].items():
             assert torch.equal(t, out["async"][it][n]), (it, n)
+
+
+def test_unusable_dirs_and_environment_fail_at_startup_in_one_line(tmp_path, monkeypatch, capsys):
+    """Issue 13 review: a bad --save / --load / cache / LOCAL_RANK is one `error:` line before any
+    training (not a traceback, not an error at the first save hours later)."""
+    from megatron_th.training.pretrain import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    base = ["--num-layers", "1", "--hidden-size", "16", "--num-attention-heads", "2", "--seq-length", "16",
+            "--micro-batch-size", "1", "--global-batch-size", "1", "--train-iters", "1"]
+    cases = [(["--save", str(blocker / "ck")], {}, f"error: --save {blocker / 'ck'}: cannot write there"),
+             (["--log-dir", str(blocker / "logs")], {}, f"error: --log-dir {blocker / 'logs'}: cannot write there"),
+             (["--load", str(blocker)], {}, f"error: --load {blocker}: not a directory"),
+             ([], {"LOCAL_RANK": "abc"}, "error: LOCAL_RANK='abc' in the environment is not a non-negative integer"),
+             ([], {"MEGATRON_TH_CACHE": str(blocker)}, "error: cannot build the embedded corpus in")]
+    for extra, env, want in cases:
+        with monkeypatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            rc = main(base + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith(want), (extra, env, err)

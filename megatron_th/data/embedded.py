@@ -52,7 +52,12 @@ def embedded_data_path(root: str | None = None, tokenizer: str = DEFAULT_TOKENIZ
         return all(dataset_exists(os.path.join(out_dir, s) + "_text_document") for s in SOURCES)
 
     def build(out_dir):
-        os.makedirs(out_dir, exist_ok=True)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            from megatron_th.config import ConfigError
+            raise ConfigError(f"cannot build the embedded corpus in {out_dir} ({e.strerror or e}): set "
+                              f"MEGATRON_TH_CACHE to a writable directory, or give --data-path") from None
         for src, s in zip(corpus_files(), SOURCES):
             prefix = os.path.join(out_dir, s)
             if not dataset_exists(prefix + "_text_document"):
@@ -61,7 +66,9 @@ def embedded_data_path(root: str | None = None, tokenizer: str = DEFAULT_TOKENIZ
                                                   "--output-prefix", prefix, "--append-eod", "--quiet"])
                 run(args, log=lambda m: None)
 
-    out_dir = one_rank_builds(plan, exists, build, group)
+    from megatron_th.config import ConfigError
+
+    out_dir = one_rank_builds(plan, exists, build, group, shared=(ConfigError, FileNotFoundError))
     return [os.path.join(out_dir, s) + "_text_document" for s in SOURCES]
 
 

@@ -151,6 +151,19 @@ def choose_device(backend: str | None, local_rank: int, device_count: int,
     return backend, torch.device("cuda", local_rank)
 
 
+def _env_int(name: str, default: int) -> int:
+    """A non-negative integer from torchrun's environment; ConfigError naming the variable."""
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} in the environment is not a non-negative integer (set by torchrun; "
+                          f"check the launcher)")
+    return value
+
+
 def init_distributed(backend: str | None = None, timeout_minutes: float = 10) -> tuple[int, int, torch.device]:
     """Initialise torch.distributed from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK);
     no process group for a single process. Returns (rank, world size, device).
@@ -165,9 +178,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 10) ->
     """
     if timeout_minutes is None or timeout_minutes <= 0:
         raise ConfigError(f"--distributed-timeout-minutes must be positive, got {timeout_minutes}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local = (_env_int(k, d) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     if dist.is_initialized():
         active = dist.get_backend()
         if backend and backend != active:

@@ -23,6 +23,7 @@ from megatron_th.parallel.grads import TIED, finalize_grads, norm_weights, sq_no
 from megatron_th.parallel.groups import ParallelGroups, init_distributed, shutdown_distributed
 from megatron_th.parallel.rng import stage_seed
 from megatron_th.parallel.stages import build_chunks
+from megatron_th.training.checkpoint import CheckpointError
 from megatron_th.training.checkpoint_args import apply_checkpoint_args
 from megatron_th.training.metrics import MetricsLogger, apply_tf32, peak_tflops, tf32_enabled
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
@@ -65,6 +66,28 @@ def setup_data(cfg, log=print):
     datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log,
                               group=group)
     return tokenizer, tok_path, datasets
+
+
+def check_run_dirs(cfg) -> None:
+    """Fail at start-up, not at the first save hours later: --save (and --log-dir) must be
+    directories this process can create and write, --load a directory when it exists. Raises
+    ConfigError naming the flag. Run on rank 0 (host_sync.run_on_rank0); --save on a filesystem
+    every rank shares is checked at each save (CheckpointWriter.prepare_shared)."""
+    t = cfg.train
+    if t.load and os.path.exists(t.load) and not os.path.isdir(t.load):
+        raise ConfigError(f"--load {t.load}: not a directory (give the checkpoint directory, the one holding "
+                          f"'latest' and iter_*)")
+    for flag, path in (("--save", t.save), ("--log-dir", t.log_dir)):
+        if not path:
+            continue
+        probe = os.path.join(path, f".write_test.{os.getpid()}")
+        try:
+            os.makedirs(path, exist_ok=True)
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
 
 
 def make_loader(cfg, dataset, tokenizer, consumed=0, dp_rank=0, dp_size=1):
@@ -137,6 +160,8 @@ def pretrain(cfg, log=print) -> dict:
     apply_tf32(tf32, device.type)
     log(f"TF32 for fp32 matmuls: {'on' if tf32 else 'off'} ({prec} on {device.type}"
         f"{', --tf32' if o.tf32 else ', --no-tf32' if o.tf32 is False else ''})")
+    host_sync.run_on_rank0(lambda: check_run_dirs(cfg), host_sync.host_group(p.distributed_timeout_minutes),
+                           shared=(ConfigError,))
     tokenizer, tok_path, datasets = setup_data(cfg, log)
     tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
     core = build_chunks(cfg, tokenizer.vocab_size, groups, device, dtype)
@@ -255,7 +280,7 @@ def main(argv=None) -> int:
         cfg, _ = parse_config(argv)
         pretrain(cfg)
         clean = True
-    except (ConfigError, FileNotFoundError, TrainingAborted) as e:
+    except (ConfigError, FileNotFoundError, TrainingAborted, CheckpointError) as e:
         clean = True
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
