@@ -16,7 +16,8 @@ Zero-1 and 3D against one GPU with --no-tf32 (loss 1e-4, grad norm 1e-3 relative
 reshard_<A>_to_<B> (save at one layout, resume at another); pipeline_probe (PP over every GPU with
 16 MiB messages under a timeout: a p2p deadlock shows as a FAIL with every rank's stack in the log).
 
-``--cpu`` runs the same steps on CPU with gloo, fp32 and small sizes (4 ranks, one launch): the test
+``--cpu`` runs the same steps on CPU with gloo, fp32 and small sizes (one launch for the one-device
+steps, one of 4 ranks for the rest): the test
 suite runs it (tests/test_gpu_check.py). Steps that need CUDA (flash, te, flex backward) SKIP there.
 
 UNVERIFIED: the GPU steps, their tolerances and the expected time (~6 minutes on one GPU, ~8 on
@@ -115,6 +116,13 @@ def main(argv=None) -> int:
         return 2
     if a.nproc is not None and a.nproc < 1:
         print("error: --nproc must be >= 1", file=sys.stderr)
+        return 2
+    if a.timeout_scale <= 0:
+        print(f"error: --timeout-scale must be positive, got {a.timeout_scale}", file=sys.stderr)
+        return 2
+    out_dir = os.path.dirname(os.path.abspath(a.out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        print(f"error: --out {a.out}: cannot write the report there", file=sys.stderr)
         return 2
     inject = {"fail": [x[5:] for x in a.inject if x.startswith("fail:")],
               "hang": [x[5:] for x in a.inject if x.startswith("hang:")]}

@@ -159,7 +159,8 @@ def pretrain(cfg, log=print) -> dict:
     tf32 = tf32_enabled(device.type, prec, o.tf32)
     apply_tf32(tf32, device.type)
     log(f"TF32 for fp32 matmuls: {'on' if tf32 else 'off'} ({prec} on {device.type}"
-        f"{', --tf32' if o.tf32 else ', --no-tf32' if o.tf32 is False else ''})")
+        f"{', --tf32' if o.tf32 else ', --no-tf32' if o.tf32 is False else ''}"
+        f"{'; --tf32 ignored: TF32 exists only on CUDA' if o.tf32 and device.type != 'cuda' else ''})")
     host_sync.run_on_rank0(lambda: check_run_dirs(cfg), host_sync.host_group(p.distributed_timeout_minutes),
                            shared=(ConfigError,))
     tokenizer, tok_path, datasets = setup_data(cfg, log)
