@@ -20,14 +20,17 @@ from megatron_th.model.documents import DocumentPlan
 
 
 def _embedding(rows: int, width: int) -> nn.Embedding:
-    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))
+    """nn.Embedding, without its normal_ init when built on the meta device (nothing to draw there;
+    the real weights come from model/init.py or a checkpoint). Elsewhere torch's default init."""
+    weight = torch.empty(rows, width)
+    return nn.Embedding(rows, width, _weight=weight) if weight.is_meta else nn.Embedding(rows, width)
 
 
 class Embedding(nn.Module):
     def __init__(self, cfg, padded_vocab: int, with_positions: bool):
         super().__init__()
-        # weights come from model/init.py (or a checkpoint), so nn.Embedding's own normal_ init is
-        # skipped: under torch.device("meta") it costs ~1.2 s per process (it imports torch._dynamo)
+        # on the meta device nn.Embedding's own normal_ init is skipped: there it costs ~1.2 s per
+        # process (it imports torch._dynamo), and build_model / parallelize draw the weights anyway
         self.word_embeddings = _embedding(padded_vocab, cfg.hidden_size)
         self.position_embeddings = _embedding(cfg.max_position_embeddings, cfg.hidden_size) if with_positions else None
         self.dropout = cfg.hidden_dropout
