@@ -1,4 +1,8 @@
-"""Builds the C++ helpers in csrc/ into megatron_th._C at install time (pybind11, no torch)."""
+"""Builds the C++ helpers in csrc/ into megatron_th._C at install time (pybind11, no torch).
+
+``depends`` lists the header so that setuptools' build_ext, which skips an extension whose output
+is newer than its sources and depends, rebuilds after a header change too.
+"""
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
@@ -6,6 +10,7 @@ ext = Pybind11Extension(
     "megatron_th._C",
     sorted(["csrc/module.cpp", "csrc/sample_index.cpp", "csrc/blending.cpp", "csrc/packing.cpp"]),
     include_dirs=["csrc"],
+    depends=["csrc/kernels.h"],
     cxx_std=17,
     extra_compile_args=["-O3"],
 )

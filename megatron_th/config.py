@@ -123,6 +123,12 @@ class TrainConfig:
     compile: bool = F(False, "torch.compile the model.")
     num_threads: Optional[int] = F(None, "CPU threads per process (torch.set_num_threads).")
     pipeline_trace_dir: Optional[str] = F(None, "Write each rank's pipeline schedule trace of the last step here (JSON).")
+    wandb_project: Optional[str] = F(None, "Weights & Biases project: log the metrics.jsonl scalars and the resolved "
+                                           "config to W&B (needs `pip install megatron_th[wandb]`; WANDB_MODE=offline "
+                                           "works without network). A resumed run continues the same W&B run.")
+    wandb_exp_name: Optional[str] = F(None, "W&B run name (default: one W&B makes up).")
+    wandb_save_dir: Optional[str] = F(None, "Directory for W&B's local run files (default: <--save>/wandb, else ./wandb).")
+    wandb_entity: Optional[str] = F(None, "W&B entity (user or team) owning the project (default: your W&B default).")
 
 
 SECTIONS = {"model": ModelConfig, "parallel": ParallelConfig, "optim": OptimConfig,

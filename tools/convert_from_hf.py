@@ -1,48 +1,12 @@
 #!/usr/bin/env python
 """Import a Hugging Face Llama / Mistral / Qwen2 / GPT-2 model as a megatron_th checkpoint.
 
-    python tools/convert_from_hf.py --hf path/to/Llama-3.2-1B --output ck_llama
-    torchrun --nproc-per-node 8 pretrain_gpt.py --load ck_llama --use-checkpoint-args \\
-        --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --data-path ... --save ck_thai
-
-The checkpoint is topology-free: load it at any TP/PP/DP. It holds the weights only (training
-starts at iteration 0 with a fresh optimizer) and the tokenizer (the HF files, used as hf:<dir>).
-
---extend-vocab NEW.model grows the vocabulary for continued pretraining in a new language: NEW.model
-must keep every old piece at its id (tools/extend_tokenizer.py builds one from the model's
-tokenizer.model and a Thai sentencepiece model); each added row of the embedding (and untied head)
-starts as the mean of the rows of the old pieces that spell the new token. See docs/conversion.md.
-"""
-import argparse
+Installed as ``megatron-th-convert-from-hf``; see megatron_th.cli.convert_from_hf (--help)."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hf", required=True, help="HF model directory (config.json, safetensors, tokenizer files)")
-    p.add_argument("--output", required=True, help="checkpoint directory to write (use it as --load)")
-    p.add_argument("--tokenizer-model", help="tokenizer to store instead of the HF one (sentencepiece .model or hf:<dir>)")
-    p.add_argument("--extend-vocab", metavar="NEW.model", help="extended sentencepiece model: grow embedding and head")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="store weights in this dtype (default: as in the HF files)")
-    p.add_argument("--seq-length", type=int, help="sequence length recorded in the config (default min(max positions, 4096))")
-    p.add_argument("--max-shard-size", default="1GB", help="checkpoint shard size: memory holds about one (default 1GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-    a = p.parse_args(argv)
-    from megatron_th.convert.from_hf import import_from_hf
-    from megatron_th.convert.hf_arch import ConversionError
-    from megatron_th.convert.hf_files import parse_size
-
-    try:
-        import_from_hf(a.hf, a.output, a.tokenizer_model, a.extend_vocab, a.dtype, a.seq_length, a.overwrite,
-                       parse_size(a.max_shard_size))
-    except (ConversionError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+from megatron_th.cli.convert_from_hf import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,47 +1,12 @@
 #!/usr/bin/env python
-"""Export a megatron_th checkpoint (saved at any TP/PP/DP layout) as a Hugging Face model directory.
+"""Export a megatron_th checkpoint as a Hugging Face model directory.
 
-    python tools/convert_to_hf.py --load runs/tiny --output hf_tiny
-    python -c "from transformers import AutoModelForCausalLM, AutoTokenizer; \\
-               m = AutoModelForCausalLM.from_pretrained('hf_tiny'); t = AutoTokenizer.from_pretrained('hf_tiny')"
-
-The architecture follows the model options: LlamaForCausalLM (RoPE + RMSNorm + SwiGLU),
-Qwen2ForCausalLM (the same with --add-qkv-bias), MistralForCausalLM (on request), GPT2LMHeadModel
-(learned positions + LayerNorm + GeLU). Writes config.json, generation_config.json, sharded
-safetensors (+ index), and the tokenizer (tokenizer.json, tokenizer_config.json, the
-sentencepiece model) whose ids equal ours; the vocabulary padding is dropped. See docs/conversion.md.
-"""
-import argparse
+Installed as ``megatron-th-convert-to-hf``; see megatron_th.cli.convert_to_hf (--help)."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True, help="checkpoint directory (its `latest`, or --iteration)")
-    p.add_argument("--iteration", type=int, help="export this saved iteration instead of the latest")
-    p.add_argument("--output", required=True, help="HF model directory to write (built in OUTPUT.tmp, then renamed)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
-                   help="weight dtype (default: the checkpoint's; fp32 masters are used when present)")
-    p.add_argument("--architecture", choices=["llama", "mistral", "qwen2", "gpt2"],
-                   help="force an architecture the model fits (e.g. mistral for a bias-free Llama)")
-    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-    a = p.parse_args(argv)
-    from megatron_th.convert.hf_arch import ConversionError
-    from megatron_th.convert.hf_files import parse_size
-    from megatron_th.convert.to_hf import export_to_hf
-    from megatron_th.training.checkpoint import CheckpointError
-
-    try:
-        export_to_hf(a.load, a.output, a.iteration, a.dtype, a.architecture, parse_size(a.max_shard_size), a.overwrite)
-    except (ConversionError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+from megatron_th.cli.convert_to_hf import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,6 +23,7 @@ from megatron_th.convert.hf_weights import rules
 from megatron_th.convert.to_hf import DTYPES, prepare_output, publish
 from megatron_th.data.tokenizer import load_tokenizer, padded_vocab_size
 from megatron_th.training.resume import save_weights_only
+from megatron_th.utils.bars import progress_bar, write
 
 _IGNORED = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers older checkpoints saved
 
@@ -52,7 +53,12 @@ def _tokenizer_dir(hf_dir: str, staging: str) -> str:
 
 def import_from_hf(hf_dir: str, output: str, tokenizer_model: str | None = None, extend_vocab: str | None = None,
                    dtype: str | None = None, seq_length: int | None = None, overwrite: bool = False,
-                   shard_bytes: int = 2 ** 30, log=print) -> dict:
+                   shard_bytes: int = 2 ** 30, log=write, progress: bool = True) -> dict:
+    """Writes the checkpoint to ``output``; returns a summary (architecture, vocab sizes, tensors, bytes,
+    added tokens, seconds, checkpoint path). ``log`` gets one line per step; ``progress`` shows a bar
+    of the tensors converted on stderr (``megatron_th.utils.bars.progress_bar``). Raises
+    ConversionError for a model or tokenizer this converter cannot represent.
+    """
     t0 = time.time()
     hf = _read_config(hf_dir)
     arch, fields = model_fields_from_hf(hf, os.path.join(hf_dir, "config.json"), log)
@@ -99,7 +105,7 @@ def import_from_hf(hf_dir: str, output: str, tokenizer_model: str | None = None,
     cast = DTYPES[dtype] if dtype else None
     stats = {"tensors": 0, "bytes": 0}
 
-    def tensors():
+    def tensors(bar):
         for rule in plan:
             got = [weights.get(hf_name(n)) for n in rule.hf]
             if rule.ours[0] in ("embedding.word_embeddings.weight", "output_layer.weight"):
@@ -110,11 +116,15 @@ def import_from_hf(hf_dir: str, output: str, tokenizer_model: str | None = None,
                 t = t.to(cast) if cast is not None else t
                 stats["tensors"] += 1
                 stats["bytes"] += t.numel() * t.element_size()
+                bar.set_postfix_str(f"{stats['bytes'] / 2 ** 20:.1f} MiB", refresh=False)
+                bar.update()
                 yield name, t
 
     meta = {"source": {"hf_dir": os.path.abspath(hf_dir), "architecture": ARCHITECTURES[arch],
                        "hf_vocab_rows": rows, "extended_from": old_tok.vocab_size if extension else None}}
-    path = save_weights_only(tmp, 0, tensors(), cfg.to_dict(), tok_spec, meta, shard_bytes)
+    total = sum(len(r.ours) for r in plan)
+    with progress_bar(total, "importing", unit="tensor", disable=not progress) as bar:
+        path = save_weights_only(tmp, 0, tensors(bar), cfg.to_dict(), tok_spec, meta, shard_bytes)
     shutil.rmtree(staging, ignore_errors=True)  # the tokenizer files are now inside the checkpoint
     publish(tmp, output)
     summary = {"architecture": arch, "vocab_size": vocab, "padded_vocab_size": padded, **stats,

@@ -21,6 +21,7 @@ from megatron_th.convert.hf_files import DEFAULT_SHARD_BYTES, ShardedWriter
 from megatron_th.convert.hf_weights import rules
 from megatron_th.data.tokenizer import load_tokenizer, padded_vocab_size
 from megatron_th.training.resume import open_checkpoint, tokenizer_spec
+from megatron_th.utils.bars import progress_bar, write
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -45,8 +46,12 @@ def publish(tmp: str, output: str) -> None:
 
 def export_to_hf(load: str, output: str, iteration: int | None = None, dtype: str | None = None,
                  architecture: str | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                 overwrite: bool = False, log=print) -> dict:
-    """Writes the HF model; returns a summary (architecture, files, tensors, bytes, seconds)."""
+                 overwrite: bool = False, log=write, progress: bool = True) -> dict:
+    """Writes the HF model; returns a summary (architecture, files, tensors, bytes, seconds).
+
+    ``log`` gets one line per step; ``progress`` shows a bar of the tensors written on stderr
+    (``megatron_th.utils.bars.progress_bar``).
+    """
     t0 = time.time()
     reader = open_checkpoint(load, iteration)
     cfg = Config.from_dict(reader.meta["config"])
@@ -77,13 +82,14 @@ def export_to_hf(load: str, output: str, iteration: int | None = None, dtype: st
     log(f"exporting {reader.path} ({len(model_tensors)} tensors, saved at TP{reader.meta['layout']['tp']} "
         f"PP{reader.meta['layout']['pp']} DP{reader.meta['layout']['dp']}) as {arch} {_DTYPE_NAMES[out_dtype]}")
     writer = ShardedWriter(tmp, max_shard_bytes)
-    for i, rule in enumerate(plan):
-        ours = [reader.read("optim.master." + n if "optim.master." + n in reader.tensors else n) for n in rule.ours]
-        for name, t in zip(rule.hf, rule.to_hf(ours)):
-            writer.add(name, t.to(out_dtype))
-        if (i + 1) % 50 == 0 or i + 1 == len(plan):
-            log(f"  {i + 1}/{len(plan)} tensors, {writer.total / 2 ** 20:.1f} MiB")
-    files = writer.finish()
+    with progress_bar(len(writer_names(plan)), "exporting", unit="tensor", disable=not progress) as bar:
+        for rule in plan:
+            ours = [reader.read("optim.master." + n if "optim.master." + n in reader.tensors else n) for n in rule.ours]
+            for name, t in zip(rule.hf, rule.to_hf(ours)):
+                writer.add(name, t.to(out_dtype))
+            bar.set_postfix_str(f"{writer.total / 2 ** 20:.1f} MiB", refresh=False)
+            bar.update(len(rule.hf))
+        files = writer.finish()
     config = hf_config(m, arch, vocab, tokenizer, _DTYPE_NAMES[out_dtype])
     gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
            "pad_token_id": config["pad_token_id"], "do_sample": False}

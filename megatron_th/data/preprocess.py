@@ -1,4 +1,5 @@
-"""jsonl / jsonl.gz / parquet -> Megatron ``{prefix}_{key}_document.bin/.idx`` (tools/preprocess_data.py).
+"""jsonl / jsonl.gz / parquet -> Megatron ``{prefix}_{key}_document.bin/.idx`` (``megatron-th-preprocess``,
+tools/preprocess_data.py).
 
 Documents keep their input order whatever ``--workers``; each document's tokens are exactly the
 tokenizer's ids for its text (nothing prepended), followed by EOD with ``--append-eod``. Bad
@@ -17,14 +18,13 @@ from itertools import islice
 from megatron_th.data import readers
 from megatron_th.data.indexed import IndexedDatasetBuilder, best_token_dtype
 from megatron_th.data.tokenizer import load_tokenizer
-from megatron_th.utils.progress import Progress, human
+from megatron_th.utils.bars import format_sizeof, progress_bar, write
 
 EMPTY = "empty_text"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="preprocess_data.py",
         description="Tokenize jsonl/jsonl.gz/parquet documents into Megatron-compatible .bin/.idx files.")
     p.add_argument("--input", nargs="+", required=True, help="input files or globs, read in this order")
     p.add_argument("--json-keys", nargs="+", default=["text"],
@@ -108,8 +108,13 @@ class _Reader:
             yield chunk
 
 
-def run(args, log=lambda m: print(m, file=sys.stderr)) -> Counter:
-    """Runs the conversion; returns the summary counters (also printed)."""
+def _log(msg: str) -> None:
+    write(msg, file=sys.stderr)
+
+
+def run(args, log=_log) -> Counter:
+    """Runs the conversion; returns the summary counters (also printed). Progress (bytes read) goes
+    to stderr through ``megatron_th.utils.bars.progress_bar`` unless ``args.quiet``."""
     t0 = time.monotonic()
     paths = readers.expand_inputs(args.input)
     tok = load_tokenizer(args.tokenizer_model)
@@ -117,7 +122,7 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> Counter:
     summary: Counter = Counter()
     reader = _Reader(args, paths, summary, log)
     total_bytes = readers.input_bytes(paths)
-    progress = Progress(total_bytes, "tokenizing", enabled=not args.quiet)
+    progress = progress_bar(total_bytes, "tokenizing", unit="B", unit_scale=True, disable=args.quiet)
     builders = {k: IndexedDatasetBuilder(f"{args.output_prefix}_{k}_document", dtype) for k in args.json_keys}
     pool = None
     try:
@@ -135,7 +140,9 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> Counter:
                     builders[k].add_document(ids)
                     summary["tokens"] += len(ids)
                     summary[f"docs_written_{k}"] += 1
-            progress.update(reader.bytes_done, docs=summary["docs_read"], tokens=summary["tokens"])
+            progress.set_postfix_str(f"docs {summary['docs_read']}, tokens {format_sizeof(summary['tokens'])}",
+                                     refresh=False)
+            progress.update(reader.bytes_done - progress.n)
         for b in builders.values():
             b.finalize()
     except BaseException:
@@ -158,7 +165,8 @@ def _print_summary(args, s: Counter, log) -> None:
     log(f"done: {s['docs_read']} records read, {written} documents written, "
         f"{sum(skipped.values())} skipped"
         + (" (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else "")
-        + f"; {human(s['tokens'])} tokens in {secs:.1f}s ({human(s['tokens'] / max(secs, 1e-9))} tokens/s)")
+        + f"; {format_sizeof(s['tokens'])} tokens in {secs:.1f}s "
+        f"({format_sizeof(s['tokens'] / max(secs, 1e-9))} tokens/s)")
     for k in args.json_keys:
         log(f"wrote {args.output_prefix}_{k}_document.bin/.idx")
 
@@ -174,3 +182,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -153,8 +153,14 @@ def _k(x: float) -> str:
 
 
 class MetricsLogger:
-    def __init__(self, log_dir: str | None, enabled: bool, train_iters: int, tensorboard_dir: str | None = None):
+    """Writes each record to the console, metrics.jsonl, TensorBoard (``tensorboard_dir``) and W&B
+    (``wandb``: a wandb_log.WandbWriter, or None); does nothing unless ``enabled``. ``close()``
+    at the end of training finishes the W&B run and flushes TensorBoard."""
+
+    def __init__(self, log_dir: str | None, enabled: bool, train_iters: int, tensorboard_dir: str | None = None,
+                 wandb=None):
         self.enabled, self.train_iters = enabled, train_iters
+        self.wandb = wandb if enabled else None
         self.path = os.path.join(log_dir, "metrics.jsonl") if (log_dir and enabled) else None
         if self.path:
             os.makedirs(log_dir, exist_ok=True)
@@ -175,6 +181,17 @@ class MetricsLogger:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("iteration", "split"):
                     self.tb.add_scalar(f"{tag}/{k}", v, record["iteration"])
+        if self.wandb:
+            self.wandb.log(record)
+
+    def close(self) -> None:
+        """Finish the W&B run and close the TensorBoard writer (each at most once)."""
+        if self.wandb:
+            self.wandb.finish()
+            self.wandb = None
+        if self.tb:
+            self.tb.close()
+            self.tb = None
 
     def train(self, rec: dict, seconds_left: float) -> None:
         if not self.enabled:

@@ -30,6 +30,7 @@ from megatron_th.training.optimizer import MixedPrecisionOptimizer
 from megatron_th.training.resume import load_state, save_state, tokenizer_files
 from megatron_th.training.schedules import LRSchedule
 from megatron_th.training.step import Stepper
+from megatron_th.training.wandb_log import open_wandb, run_id
 
 
 def write_trace(directory: str, groups, pipe) -> None:
@@ -186,13 +187,17 @@ def pretrain(cfg, log=print) -> dict:
         state.update(load_state(reader, core, optimizer, groups))
         log(f"resumed from {reader.path} at iteration {state['iteration']} "
             f"({state['consumed_samples']} samples consumed)")
+    wandb_id = run_id(t.wandb_project, state.get("wandb_run_id"), host_sync.host_group(p.distributed_timeout_minutes))
+    if wandb_id:
+        state["wandb_run_id"] = wandb_id  # in every checkpoint's metadata: a resumed run continues it
     with torch.device("meta"):
         nparams = sum(p_.numel() for p_ in GPTModel(cfg.model, tokenizer.vocab_size).parameters())
     log(f"model: {nparams / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
         f"{core.padded_vocab_size}), {prec} on {device}, TP {groups.tp} PP {groups.pp} DP {groups.dp}")
     loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"], groups.dp_rank, groups.dp)
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
-    metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir)
+    wb = open_wandb(t, cfg.to_dict(), wandb_id, t.save and os.path.join(t.save, "wandb"), log) if is_logger else None
+    metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir, wandb=wb)
     flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size) / world  # per device
     peak = peak_tflops(prec, device.type, t.peak_tflops, tf32) if is_logger else None  # only the logger uses it
     consecutive_skips, losses, gnorms, last_save, pending = 0, [], [], None, None
@@ -236,7 +241,8 @@ def pretrain(cfg, log=print) -> dict:
             n = window["iters"]
             tps = n * d.global_batch_size * m.seq_length / window["time"]
             tflops = n * flops / window["time"] / 1e12
-            rec = {"iteration": it, "consumed_samples": state["consumed_samples"], "lm_loss": window["loss"] / n,
+            rec = {"iteration": it, "consumed_samples": state["consumed_samples"],
+                   "consumed_tokens": state["consumed_samples"] * m.seq_length, "lm_loss": window["loss"] / n,
                    "grad_norm": window["gnorm"] / n, "lr": lr, "loss_scale": optimizer.loss_scale,
                    "skipped_iters": state["skipped_iters"], "tokens_per_sec": tps, "tflops": tflops,
                    "mfu": tflops / peak.tflops if peak else None, "peak_tflops": peak and peak.tflops,
@@ -266,6 +272,7 @@ def pretrain(cfg, log=print) -> dict:
     if t.save and (last_save is None or not last_save.endswith(f"{state['iteration']:07d}")):
         last_save = save_state(cfg, core, optimizer, dict(state), tok_files, t.keep_last, groups)
         log(f"saved {last_save}")
+    metrics.close()
     return {"state": state, "losses": losses, "grad_norms": gnorms, "checkpoint": last_save, "model": model,
             "groups": groups, "optimizer": optimizer, "buffers": buffers, "named_params": named}
 
