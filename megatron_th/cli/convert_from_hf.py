@@ -1,6 +1,6 @@
 """Import a Hugging Face Llama / Mistral / Qwen2 / GPT-2 model as a megatron_th checkpoint.
 
-    megatron-th-convert-from-hf --hf path/to/Llama-3.2-1B --output ck_llama   # or: python tools/convert_from_hf.py ...
+    megatron-th-convert-from-hf --hf path/to/TinyLlama_v1.1 --output ck_llama   # or: python tools/convert_from_hf.py ...
     torchrun --nproc-per-node 8 pretrain_gpt.py --load ck_llama --use-checkpoint-args \\
         --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --data-path ... --save ck_thai
 

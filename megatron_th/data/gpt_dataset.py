@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron_th.config import ConfigError
-from megatron_th.data.indexed import IndexedDataset
+from megatron_th.data.indexed import IndexedDataset, IndexedDatasetError
 from megatron_th.data.kernels import build_blending_indices, build_sample_idx
 from megatron_th.parallel import host_sync
 
@@ -110,6 +110,76 @@ def _write_index(files: list[str], arrays) -> None:
         raise _cache_error(cache_dir, e) from None
 
 
+def default_cache_dir(prefix: str, cache_dir: str | None = None) -> str:
+    """``cache_dir`` (--data-cache-path) or ``index_cache/`` beside the data prefix."""
+    return cache_dir or os.path.join(os.path.dirname(os.path.abspath(prefix)), "index_cache")
+
+
+def token_range(indexed: IndexedDataset, cache_dir: str | None = None, group=None) -> tuple[int, int] | None:
+    """(smallest, largest) token id of the whole dataset (IndexedDataset.token_range), computed once
+    and cached beside the sample indices as ``<name>_tokens_<digest>.json``; rank 0 computes, the
+    others wait and read (host_sync.one_rank_builds, as _cached_index). The key hashes the sequence
+    lengths, the dtype and the .bin's size and modification time, so a rewritten dataset is
+    rescanned. None for a dataset without tokens. Raises ConfigError naming --data-cache-path
+    when the directory is not writable."""
+    cache_dir = default_cache_dir(indexed.prefix, cache_dir)
+    name = os.path.basename(indexed.prefix)
+
+    def plan():
+        st = os.stat(indexed.prefix + ".bin")
+        key = {"data": hashlib.sha1(np.ascontiguousarray(indexed.sizes).tobytes()).hexdigest(),
+               "dtype": str(indexed.dtype), "bin_bytes": st.st_size, "bin_mtime_ns": st.st_mtime_ns, "version": 1}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def path(digest):
+        return os.path.join(cache_dir, f"{name}_tokens_{digest}.json")
+
+    def build(digest):
+        rng = indexed.token_range()
+        target = path(digest)
+        tmp = f"{target}.{socket.gethostname()}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            with open(tmp, "w") as fh:
+                json.dump({"range": rng, "dtype": str(indexed.dtype)}, fh)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise _cache_error(cache_dir, e) from None
+
+    digest = host_sync.one_rank_builds(plan, lambda dg: os.path.exists(path(dg)), build, group,
+                                       shared=(ConfigError, FileNotFoundError))
+    with open(path(digest)) as fh:
+        rng = json.load(fh)["range"]
+    return None if rng is None else (rng[0], rng[1])
+
+
+def check_vocabulary(indexed: IndexedDataset, rng: tuple[int, int] | None, vocab_size: int,
+                     vocab_name: str = "the tokenizer") -> None:
+    """The data-to-model contract of one dataset: integer token ids in [0, vocab_size).
+
+    Megatron-LM checks none of this: an id >= the vocabulary indexes past the embedding (an
+    IndexError at TP=1; at TP>1 vocab-parallel embedding masks it to a zero row and the loss is
+    meaningless). ``rng`` is ``token_range()``. Raises ConfigError naming the dataset prefix, the
+    offending id, the dtype and the vocabulary size."""
+    p, dt = indexed.prefix, indexed.dtype
+    if dt.kind not in "ui":
+        raise ConfigError(f"--data-path {p}: tokens are stored as {dt.name} ({p}.idx); token ids must be "
+                          f"integers (Megatron writes uint16 below 65500 pieces, else int32)")
+    if rng is None:
+        return
+    lo, hi = rng
+    if lo < 0:
+        raise ConfigError(f"--data-path {p}: holds the negative token id {lo}; token ids run from 0 to "
+                          f"{vocab_size - 1} ({vocab_name}, {vocab_size} pieces)")
+    if hi >= vocab_size:
+        made = ("a tokenizer of fewer than 65500 pieces" if dt == np.uint16 else
+                "a tokenizer of 65500 pieces or more" if dt == np.int32 else "another tokenizer")
+        raise ConfigError(f"--data-path {p}: largest token id {hi} is outside the vocabulary of {vocab_name} "
+                          f"({vocab_size} pieces, ids 0..{vocab_size - 1}); the data ({dt.name} ids, as "
+                          f"Megatron's preprocessing writes for {made}) was made with another tokenizer: "
+                          f"give the --tokenizer-model it was made with, or preprocess it again")
+
+
 def _cached_index(cache_dir: str, prefix_name: str, split: int, key, build, group=None) -> "_Index":
     """Loads ``cache_dir/<name>_<split>_<digest>.{doc,sample,shuffle}.npy``, built once.
 
@@ -161,7 +231,7 @@ class GPTDataset:
             return {"data": hashlib.sha1(np.ascontiguousarray(indexed.sizes).tobytes()).hexdigest(),
                     "dtype": str(indexed.dtype), "split": split, "docs": list(doc_range), "seed": seed,
                     "seq_length": seq_length, "blocks": blocks, "version": 1}
-        cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(indexed.prefix)), "index_cache")
+        cache_dir = default_cache_dir(indexed.prefix, cache_dir)
         self.index = _cached_index(cache_dir, os.path.basename(indexed.prefix), split, key, self._build, group)
 
     def _build(self):
@@ -223,23 +293,57 @@ class BlendedDataset:
 
 
 def build_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
-                   num_samples: dict[str, int], cache_dir: str | None = None, log=print, group=None) -> dict:
-    """``{"train": ds, "valid": ds, "test": ds}``; a split that gets no documents is None
-    (reported once). Several prefixes are blended by weight (or by token count if no weights).
-    ``group``: host_sync.host_group() when every rank calls this (rank 0 builds the indices)."""
-    blend = parse_data_path(data_path)
-    indexed = [IndexedDataset(p) for _, p in blend]
+                   num_samples: dict[str, int], cache_dir: str | None = None, log=print, group=None,
+                   vocab_size: int | None = None, vocab_name: str = "the tokenizer") -> dict:
+    """``{"train": ds, "valid": ds, "test": ds}``. Several prefixes are blended by weight (or by
+    token count if no weights). ``group``: host_sync.host_group() when every rank calls this
+    (rank 0 builds the indices).
+
+    Splits are cut over the sequences of each dataset, as megatron-core's GPTDataset
+    (``numel_low_level_dataset``: one sequence is one document to sample). Checked before any
+    index is built, each a ConfigError naming --data-path (and --split): a malformed .idx/.bin
+    (IndexedDatasetError), a dataset without tokens, a train split that leaves some dataset of
+    the blend fewer than 2 tokens (a sample needs 2), and, given ``vocab_size``, token ids outside
+    [0, vocab_size) (check_vocabulary; largest id cached by token_range). A valid/test split that
+    gets no documents is None (reported once)."""
+    try:
+        blend = parse_data_path(data_path)
+        parse_split(split)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    indexed = []
+    for _, p in blend:
+        try:
+            indexed.append(IndexedDataset(p))
+        except IndexedDatasetError as e:
+            raise ConfigError(f"--data-path {p}: {e}") from None
+    for ds in indexed:
+        if ds.num_tokens == 0:
+            raise ConfigError(f"--data-path {ds.prefix}: the dataset holds no tokens ({len(ds)} sequences, "
+                              f"{len(ds.document_indices) - 1} documents in {ds.prefix}.idx); nothing to train on")
     if blend[0][0] is None:
         weights = [float(ds.num_tokens) for ds in indexed]
     else:
         weights = [w for w, _ in blend]
-    ranges = [split_ranges(len(ds.document_indices) - 1, split) for ds in indexed]
+    ranges = [split_ranges(len(ds), split) for ds in indexed]
+
+    def tokens(d, s):
+        return int(indexed[d].sizes[ranges[d][s][0]:ranges[d][s][1]].sum(dtype=np.int64))
+
+    if int(num_samples.get("train", 0)) > 0:
+        for d, ds in enumerate(indexed):
+            if weights[d] > 0 and tokens(d, 0) < 2:
+                a, b = ranges[d][0]
+                raise ConfigError(f"--split {split} gives the train split {b - a} of the {len(ds)} documents of "
+                                  f"--data-path {ds.prefix} ({tokens(d, 0)} tokens; a sample needs at least 2): "
+                                  f"give the train split a larger share or add data")
+    if vocab_size is not None:
+        for ds in indexed:
+            check_vocabulary(ds, token_range(ds, cache_dir, group), vocab_size, vocab_name)
     out = {}
     for s, name in enumerate(SPLIT_NAMES):
         n = int(num_samples.get(name, 0))
-        live = [d for d in range(len(indexed))
-                if ranges[d][s][1] > ranges[d][s][0] and weights[d] > 0
-                and int(indexed[d].sizes[ranges[d][s][0]:ranges[d][s][1]].sum()) >= 2]
+        live = [d for d in range(len(indexed)) if weights[d] > 0 and tokens(d, s) >= 2]
         if n <= 0:
             out[name] = None
             continue

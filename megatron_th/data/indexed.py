@@ -54,6 +54,30 @@ def dataset_exists(prefix: str | os.PathLike) -> bool:
     return os.path.isfile(idx_path(prefix)) and os.path.isfile(bin_path(prefix))
 
 
+CHUNK = 1 << 24  # elements per vectorised pass over a memory-mapped array (bounds temporaries)
+
+
+def _check_pointers(path: str, lengths: np.ndarray, pointers: np.ndarray, dtype: np.dtype) -> None:
+    """Sequence i must start at byte ``sum(lengths[:i]) * itemsize``: the back-to-back layout that
+    every Megatron writer produces (megatron/core/datasets/indexed_dataset.py
+    ``_IndexWriter._sequence_pointers``). Megatron's reader trusts the pointers; a pointer off that
+    layout means a damaged index or a dtype code that does not match the .bin, so it is refused.
+    Vectorised in chunks of CHUNK sequences. Raises IndexedDatasetError naming ``path``."""
+    start = 0  # byte offset of the first sequence of the chunk
+    for lo in range(0, len(lengths), CHUNK):
+        nbytes = lengths[lo:lo + CHUNK].astype(np.int64) * dtype.itemsize
+        ends = np.cumsum(nbytes) + start
+        expected = ends - nbytes
+        bad = np.flatnonzero(pointers[lo:lo + CHUNK] != expected)
+        if len(bad):
+            i = int(bad[0])
+            raise IndexedDatasetError(
+                f"{path}: sequence {lo + i} points at byte {int(pointers[lo + i])}, but the lengths before it "
+                f"at {dtype.itemsize} bytes per {dtype.name} token put it at {int(expected[i])} (a damaged "
+                f"index, or a dtype code that does not match the .bin)")
+        start = int(ends[-1])
+
+
 def _read_index(path: str):
     """Parse and validate an .idx file; returns (dtype, lengths, pointers, doc_idx) as mmap views."""
     try:
@@ -82,11 +106,18 @@ def _read_index(path: str):
     pointers = np.frombuffer(buf, dtype="<i8", count=n_seq, offset=off)
     off += 8 * n_seq
     doc_idx = np.frombuffer(buf, dtype="<i8", count=n_doc, offset=off)
+    dtype = np.dtype(DTYPE_CODES[code])
     if n_doc < 1 or doc_idx[0] != 0 or doc_idx[-1] != n_seq:
         raise IndexedDatasetError(f"{path}: document index must run from 0 to {n_seq}")
-    if n_seq and (lengths.min() < 0 or np.any(np.diff(doc_idx) < 0)):
-        raise IndexedDatasetError(f"{path}: negative sequence length or unsorted document index")
-    return np.dtype(DTYPE_CODES[code]), lengths, pointers, doc_idx
+    if n_seq and lengths.min() < 0:
+        i = int(np.flatnonzero(lengths < 0)[0])
+        raise IndexedDatasetError(f"{path}: sequence {i} has a negative length ({int(lengths[i])})")
+    if np.any(np.diff(doc_idx) < 0):
+        i = int(np.flatnonzero(np.diff(doc_idx) < 0)[0])
+        raise IndexedDatasetError(f"{path}: document index decreases at entry {i + 1} "
+                                  f"({int(doc_idx[i])} -> {int(doc_idx[i + 1])})")
+    _check_pointers(path, lengths, pointers, dtype)
+    return dtype, lengths, pointers, doc_idx
 
 
 class IndexedDataset:
@@ -102,10 +133,10 @@ class IndexedDataset:
         path = bin_path(prefix)
         if not os.path.isfile(path):
             raise IndexedDatasetError(f"{path}: data file missing")
-        need = 0
+        need = 0  # pointers are back to back (_check_pointers): the last sequence ends the data
         if len(self.sizes):
-            last = int(np.argmax(self.pointers))
-            need = int(self.pointers[last]) + int(self.sizes[last]) * self.dtype.itemsize
+            need = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize
+        self.data_bytes = need
         have = os.path.getsize(path)
         if have < need:
             raise IndexedDatasetError(f"{path}: data file is {have} bytes, index needs {need}")
@@ -129,6 +160,24 @@ class IndexedDataset:
     @property
     def num_tokens(self) -> int:
         return int(self.sizes.sum(dtype=np.int64))
+
+    def token_range(self) -> tuple[int, int] | None:
+        """(smallest, largest) token id over every sequence, or None when there is no token.
+
+        One vectorised min/max pass over the memory-mapped ``.bin`` (the bytes the index
+        describes, back to back), CHUNK tokens at a time so temporaries stay bounded; it reads
+        the whole file once, so callers cache the result (gpt_dataset.token_ranges)."""
+        n = self.data_bytes // self.dtype.itemsize
+        if n == 0:
+            return None
+        tokens = np.frombuffer(self._bin, dtype=self.dtype, count=n)
+        lo, hi = None, None
+        for i in range(0, n, CHUNK):
+            part = tokens[i:i + CHUNK]
+            a, b = part.min(), part.max()
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+        return (lo.item(), hi.item())
 
 
 class IndexedDatasetBuilder:

@@ -3,8 +3,13 @@ tools/preprocess_data.py).
 
 Documents keep their input order whatever ``--workers``; each document's tokens are exactly the
 tokenizer's ids for its text (nothing prepended), followed by EOD with ``--append-eod``. Bad
-records are counted by reason, the first few reported as ``file:line``, and skipped (``--strict``
-makes them fatal). Outputs appear under their final names only when everything succeeded.
+records (unreadable bytes or JSON, missing or non-string keys, lone surrogates, text the tokenizer
+raises on, text blank after the tokenizer's normalization) are counted by reason, the first few
+reported as ``file:line``, and skipped (``--strict`` makes the first one the error); none aborts
+the run. With several ``--json-keys`` a record is skipped only when no key has text, otherwise every
+key gets a document (empty, or EOD-only, for a bad or empty value), so the datasets stay aligned.
+A run that writes no document is an error naming the keys the records had. Outputs appear under
+their final names only when everything succeeded. The table in docs/data.md lists each case.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from megatron_th.data.tokenizer import load_tokenizer
 from megatron_th.utils.bars import format_sizeof, progress_bar, write
 
 EMPTY = "empty_text"
+TOKENIZER_ERROR = "tokenizer_error"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,55 +55,58 @@ def _init_worker(spec):
     _TOK = load_tokenizer(spec)
 
 
+def _encode_value(text: str):
+    """ids, or ``(reason, detail)`` when the tokenizer cannot take the text or it is blank
+    once the tokenizer's normalization has run (``empty_text``)."""
+    try:
+        if not _TOK.normalize(text).strip():
+            return (EMPTY, "")
+        ids = _TOK.encode(text)
+    except Exception as e:  # whatever the tokenizer library raises for this one text
+        return (TOKENIZER_ERROR, f"{type(e).__name__}: {str(e)[:80]}")
+    return list(ids) if len(ids) else (EMPTY, "")
+
+
 def _encode_chunk(chunk):
-    """chunk: list of {key: text}; returns list of {key: ids}."""
+    """chunk: list of ``(where, values, bad)`` (``values`` {key: text}, ``bad`` {key: (reason,
+    detail)}); returns ``(where, {key: ids or (reason, detail)})`` per item, in order."""
     out = []
-    for texts in chunk:
-        out.append({k: _TOK.encode(t) for k, t in texts.items()})
+    for where, values, bad in chunk:
+        res = dict(bad)
+        for k, t in values.items():
+            res[k] = _encode_value(t)
+        out.append((where, res))
     return out
 
 
-class BadInput(ValueError):
-    pass
+BadInput = readers.BadRecord
 
 
 class _Reader:
-    """Valid records in chunks; counts and reports the bad ones as it goes."""
+    """Every record in chunks, in order; record-level errors travel as ``{"*": (reason, detail)}``
+    so that all decisions (and the --strict error) happen in input order after encoding."""
 
-    def __init__(self, args, paths, summary: Counter, log):
-        self.args, self.paths, self.summary, self.log = args, paths, summary, log
+    def __init__(self, args, paths, summary: Counter, rejects: readers.Rejects):
+        self.args, self.paths, self.summary, self.rejects = args, paths, summary, rejects
         self.bytes_done = 0
-        self.shown = 0
         self._file_start = {}
         start = 0
         for p in paths:
             self._file_start.setdefault(p, start)
             start += readers.input_bytes([p])
 
-    def _bad(self, where: str, reason: str, detail: str):
-        self.summary[f"skipped_{reason}"] += 1
-        msg = f"{where}: {reason.replace('_', ' ')}" + (f" ({detail})" if detail else "")
-        if self.args.strict:
-            raise BadInput(msg)
-        if self.shown < self.args.show_errors:
-            self.log(f"warning: {msg}; skipped")
-            self.shown += 1
-
     def records(self):
         for rec in readers.iter_records(self.paths, self.args.json_keys):
-            self.summary["docs_read"] += 1
             self.bytes_done = self._file_start[rec.path] + rec.pos
-            if rec.error:
-                self._bad(rec.where, rec.error, rec.detail)
+            if rec.blank:
+                self.summary["blank_lines"] += 1
                 continue
-            texts = {}
-            for k, t in rec.texts.items():
-                if t.strip():
-                    texts[k] = t
-                else:
-                    self.summary[f"skipped_{EMPTY}"] += 1
-            if texts:
-                yield texts
+            self.summary["docs_read"] += 1
+            self.rejects.seen(rec)
+            if rec.error:
+                yield rec.where, {}, {"*": (rec.error, rec.detail)}
+            else:
+                yield rec.where, rec.values, rec.bad
 
     def chunks(self):
         it = self.records()
@@ -106,6 +115,33 @@ class _Reader:
             if not chunk:
                 return
             yield chunk
+
+
+def _decide(args, where: str, res: dict, rejects: readers.Rejects, summary: Counter):
+    """{key: ids} to write for one record, or None when it is skipped (counted by one reason).
+
+    A record is skipped only when no key has text: with one key any bad value skips it; with
+    several keys the others are written and a bad or empty value becomes an empty document, so
+    the datasets stay aligned record for record (Megatron's tools/preprocess_data.py writes every
+    key of every record). Unreadable values are warned about; ``--strict`` makes them fatal."""
+    if "*" in res:
+        rejects.add(where, *res["*"])
+        return None
+    good = {k: v for k, v in res.items() if isinstance(v, list)}
+    if not good:
+        rejects.add(where, *res[args.json_keys[0]])
+        return None
+    out = {}
+    for k in args.json_keys:
+        if k in good:
+            out[k] = good[k]
+            continue
+        reason, detail = res[k]
+        summary[f"empty_value_{k}"] += 1
+        if reason != EMPTY:
+            rejects.add(where, reason, detail, action=f"written as an empty {k!r} document", count=False)
+        out[k] = []
+    return out
 
 
 def _log(msg: str) -> None:
@@ -120,7 +156,8 @@ def run(args, log=_log) -> Counter:
     tok = load_tokenizer(args.tokenizer_model)
     dtype = best_token_dtype(tok.vocab_size)
     summary: Counter = Counter()
-    reader = _Reader(args, paths, summary, log)
+    rejects = readers.Rejects(summary, args.strict, args.show_errors, log)
+    reader = _Reader(args, paths, summary, rejects)
     total_bytes = readers.input_bytes(paths)
     progress = progress_bar(total_bytes, "tokenizing", unit="B", unit_scale=True, disable=args.quiet)
     builders = {k: IndexedDatasetBuilder(f"{args.output_prefix}_{k}_document", dtype) for k in args.json_keys}
@@ -133,7 +170,11 @@ def run(args, log=_log) -> Counter:
             _init_worker(args.tokenizer_model)
             encoded = map(_encode_chunk, reader.chunks())
         for chunk in encoded:
-            for doc in chunk:
+            for where, res in chunk:
+                doc = _decide(args, where, res, rejects, summary)
+                if doc is None:
+                    continue
+                summary["records_written"] += 1
                 for k, ids in doc.items():
                     if args.append_eod:
                         ids = ids + [tok.eod]
@@ -143,6 +184,8 @@ def run(args, log=_log) -> Counter:
             progress.set_postfix_str(f"docs {summary['docs_read']}, tokens {format_sizeof(summary['tokens'])}",
                                      refresh=False)
             progress.update(reader.bytes_done - progress.n)
+        if not summary["records_written"]:
+            raise BadInput(_nothing_written(args, summary, rejects))
         for b in builders.values():
             b.finalize()
     except BaseException:
@@ -158,15 +201,33 @@ def run(args, log=_log) -> Counter:
     return summary
 
 
+def _nothing_written(args, s: Counter, rejects: readers.Rejects) -> str:
+    """The one-line reason a run wrote no document (the earliest point to stop unusable data)."""
+    where = "--input " + " ".join(args.input)
+    if not s["docs_read"]:
+        return f"{where}: no records (the input is empty)"
+    missing = [k for k in args.json_keys if not rejects.keys_seen[k]]
+    if len(missing) == len(args.json_keys):
+        keys = " or ".join(repr(k) for k in missing)
+        return (f"{where}: no record had key {keys}; keys seen: {rejects.describe_keys()}; "
+                f"choose the text field with --json-keys")
+    skipped = ", ".join(f"{k[len('skipped_'):].replace('_', ' ')} {v}" for k, v in sorted(s.items())
+                        if k.startswith("skipped_"))
+    return f"{where}: no documents written: all {s['docs_read']} records were skipped ({skipped})"
+
+
 def _print_summary(args, s: Counter, log) -> None:
     written = sum(v for k, v in s.items() if k.startswith("docs_written_"))
     skipped = {k[len("skipped_"):]: v for k, v in s.items() if k.startswith("skipped_")}
     secs = s["seconds"]
+    empties = {k[len("empty_value_"):]: v for k, v in s.items() if k.startswith("empty_value_")}
     log(f"done: {s['docs_read']} records read, {written} documents written, "
         f"{sum(skipped.values())} skipped"
         + (" (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(skipped.items())) + ")" if skipped else "")
         + f"; {format_sizeof(s['tokens'])} tokens in {secs:.1f}s "
-        f"({format_sizeof(s['tokens'] / max(secs, 1e-9))} tokens/s)")
+        f"({format_sizeof(s['tokens'] / max(secs, 1e-9))} tokens/s)"
+        + ("; empty values written as empty documents: " + ", ".join(f"{k} {v}" for k, v in empties.items())
+           if empties else ""))
     for k in args.json_keys:
         log(f"wrote {args.output_prefix}_{k}_document.bin/.idx")
 
@@ -178,7 +239,7 @@ def main(argv=None) -> int:
         return 2
     try:
         run(args)
-    except (BadInput, FileNotFoundError, ValueError, ImportError) as e:
+    except (BadInput, FileNotFoundError, ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -64,6 +64,21 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(strip_invisible(text))
 
+    @cached_property
+    def _dummy_prefix(self) -> bool:
+        return self.sp.normalize("a").startswith("\u2581")
+
+    def normalize(self, text: str) -> str:
+        """The text as the model sees it, written back as text: ``strip_invisible``, then the
+        model's normalizer (``SentencePieceProcessor.normalize``; none for ``identity``) with its
+        whitespace symbol ``▁`` (U+2581, also when typed in the input) read as a space and a dummy
+        prefix dropped. ``decode(encode(t)) == normalize(t)`` for any Unicode ``t`` with a
+        byte-fallback model (tests/test_bad_data.py checks it on generated text); a text whose
+        normalized form is blank is what preprocessing counts as ``empty_text``. Raises what
+        sentencepiece raises for text that is not Unicode (a lone surrogate: ``RuntimeError``)."""
+        t = self.sp.normalize(strip_invisible(text)).replace("\u2581", " ")
+        return t[1:] if self._dummy_prefix and t.startswith(" ") else t
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode([strip_invisible(t) for t in texts])
 
@@ -114,6 +129,12 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
+
+    def normalize(self, text: str) -> str:
+        """The backend normalizer's output (``tokenizers`` ``normalize_str``), or the text itself
+        when there is none; used to recognise texts that are blank to the tokenizer."""
+        norm = getattr(getattr(self.tok, "backend_tokenizer", None), "normalizer", None)
+        return norm.normalize_str(text) if norm is not None else text
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]

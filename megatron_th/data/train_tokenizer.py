@@ -55,23 +55,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest training line in BYTES; longer lines are skipped and counted")
     p.add_argument("--split-digits", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    p.add_argument("--show-errors", type=int, default=5, help="how many bad records to report individually")
     p.add_argument("--quiet", action="store_true")
     return p
 
 
-def _documents(args):
+def _documents(args, log=None):
+    """Each readable, non-blank value (after ``strip_invisible``) of each record, in input order.
+    Bad records and values are counted by reason and skipped as in tools/preprocess_data.py
+    (``readers.Rejects``: the first ``--show-errors`` named as file:line, ``--strict`` stops at the
+    first); a summary line gives the counts."""
+    from collections import Counter
+
+    log = log or (lambda m: None if args.quiet else print(m, file=sys.stderr))
     paths = readers.expand_inputs(args.input)
-    bad = 0
+    counts: Counter = Counter()
+    rejects = readers.Rejects(counts, args.strict, args.show_errors, log, prefix="")
     for rec in readers.iter_records(paths, args.json_keys):
-        if rec.error:
-            bad += 1
+        if rec.blank:
             continue
-        for t in rec.texts.values():
-            t = strip_invisible(t)
+        if rec.error:
+            rejects.add(rec.where, rec.error, rec.detail)
+            continue
+        for k in args.json_keys:
+            if k in rec.bad:
+                rejects.add(rec.where, *rec.bad[k])
+                continue
+            t = strip_invisible(rec.values[k])
             if t.strip():
                 yield t
-    if bad and not args.quiet:
-        print(f"warning: {bad} unreadable records skipped", file=sys.stderr)
+            else:
+                rejects.add(rec.where, "empty_text", k)
+    if counts:
+        log(f"warning: {sum(counts.values())} values skipped ("
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())) + ")")
 
 
 def evaluate(tok, docs: list[str]) -> dict:
@@ -139,7 +157,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         stats = train(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # readers.BadRecord (--strict) is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: vocab {stats['vocab_size']}, {stats['train_lines']} training lines, "

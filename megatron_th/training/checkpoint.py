@@ -3,14 +3,16 @@
 Layout::
 
     DIR/latest                         "iter_0000100" (written last, atomically)
-    DIR/iter_0000100/metadata.json     format, iteration, config, state, and for every logical
-                                       tensor: shape, dtype and the slices that cover it
+    DIR/iter_0000100/metadata.json     commit_time_ns (first), format, iteration, config, state,
+                                       and for every logical tensor: shape, dtype, slices
     DIR/iter_0000100/shard_00000.safetensors   the slices rank 0 owns (one file per rank)
     DIR/iter_0000100/tokenizer.model   the tokenizer, so tools need only --load
 
 A checkpoint is written into ``iter_N.tmp``, fsynced, renamed to ``iter_N`` and only then pointed
-to by ``latest``: a kill at any moment leaves the previous checkpoint loadable. Readers assemble
-any region of a logical tensor from the slices that intersect it, so any layout can load any other.
+to by ``latest``: a kill at any moment leaves the previous checkpoint loadable. ``--keep-last``
+keeps the most recently committed checkpoints (not the highest iterations), never the one just
+written nor the one ``latest`` names. Readers assemble any region of a logical tensor from the
+slices that intersect it, so any layout can load any other.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import os
 import re
 import secrets
 import shutil
+import sys
+import time
 
 import torch
 from safetensors import safe_open
@@ -157,7 +161,11 @@ class CheckpointWriter:
         return index
 
     def commit(self, indices: list[dict], meta: dict, files: dict | None = None, keep_last: int | None = None) -> str:
-        meta = dict(meta, format=FORMAT, iteration=self.iteration, tensors=merge_indices(indices))
+        """One rank, after every shard is written: metadata (with the commit time first, which
+        retention orders by), rename to ``iter_N``, ``latest`` -> it, then ``prune`` to
+        ``keep_last``, which never removes this checkpoint. Returns the checkpoint directory."""
+        meta = {"commit_time_ns": time.time_ns(),
+                **dict(meta, format=FORMAT, iteration=self.iteration, tensors=merge_indices(indices))}
         for name, src in (files or {}).items():
             _write_extra(os.path.join(self.tmp, name), src)
         if os.path.exists(os.path.join(self.tmp, _TOKEN)):
@@ -171,33 +179,83 @@ class CheckpointWriter:
         _write_atomic(os.path.join(self.save_dir, "latest"), iter_dirname(self.iteration).encode())
         _fsync_dir(self.save_dir)
         if keep_last:
-            prune(self.save_dir, keep_last)
+            prune(self.save_dir, keep_last, keep=(iter_dirname(self.iteration),))
         return self.final
 
 
 def list_iterations(save_dir: str) -> list[int]:
+    """Iterations of the complete checkpoints (``iter_N/metadata.json``) in ``save_dir``, ascending."""
     if not os.path.isdir(save_dir):
         return []
     return sorted(int(m.group(1)) for d in os.listdir(save_dir) if (m := _ITER.match(d))
                   and os.path.isfile(os.path.join(save_dir, d, "metadata.json")))
 
 
-def prune(save_dir: str, keep_last: int) -> None:
-    for it in list_iterations(save_dir)[:-keep_last]:
-        shutil.rmtree(os.path.join(save_dir, iter_dirname(it)), ignore_errors=True)
+_COMMIT = re.compile(rb'"commit_time_ns":\s*(\d+)')
 
 
-def find_checkpoint(load_dir: str, iteration: int | None = None) -> str | None:
-    """The directory to load: ``iteration`` if given, else ``latest``, else the newest complete one."""
+def commit_time_ns(path: str) -> int:
+    """When checkpoint directory ``path`` was committed (ns since the epoch): ``commit_time_ns``,
+    the first key of its metadata.json (only the file's head is read), else, for checkpoints
+    written before it existed, the mtime of metadata.json (written once, at commit)."""
+    meta = os.path.join(path, "metadata.json")
+    with open(meta, "rb") as f:
+        m = _COMMIT.search(f.read(256))
+    return int(m.group(1)) if m else os.stat(meta).st_mtime_ns
+
+
+def committed_order(save_dir: str) -> list[int]:
+    """Iterations of the complete checkpoints in ``save_dir``, oldest commit first (ties: by
+    iteration). Two runs saving into one directory interleave by when they saved, not by their
+    iteration numbers."""
+    out = []
+    for it in list_iterations(save_dir):
+        try:
+            out.append((commit_time_ns(os.path.join(save_dir, iter_dirname(it))), it))
+        except OSError:  # removed meanwhile
+            continue
+    return [it for _, it in sorted(out)]
+
+
+def _latest_name(save_dir: str) -> str | None:
+    try:
+        with open(os.path.join(save_dir, "latest")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def prune(save_dir: str, keep_last: int, keep: tuple = ()) -> None:
+    """Removes all but the ``keep_last`` most recently committed checkpoints, never one named in
+    ``keep`` (directory names; commit passes the one it just wrote) nor the one ``latest``
+    names."""
+    protected = set(keep) | {_latest_name(save_dir)}
+    for it in committed_order(save_dir)[:-keep_last]:
+        if iter_dirname(it) not in protected:
+            shutil.rmtree(os.path.join(save_dir, iter_dirname(it)), ignore_errors=True)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def find_checkpoint(load_dir: str, iteration: int | None = None, warn=_warn) -> str | None:
+    """The directory to load: ``iteration`` if given, else the one ``latest`` names, else the most
+    recently committed complete one (``committed_order``; in one run's directory, the newest
+    iteration). A ``latest`` naming a missing or incomplete directory (a kill while an iteration
+    was being re-saved, or a directory edited by hand) falls back the same way, after one
+    ``warn`` line (default: ``warning: ...`` on stderr) naming both. None if there is none."""
     if iteration is not None:
         path = os.path.join(load_dir, iter_dirname(iteration))
         return path if os.path.isfile(os.path.join(path, "metadata.json")) else None
-    latest = os.path.join(load_dir, "latest")
-    if os.path.isfile(latest):
-        name = open(latest).read().strip()
-        if _ITER.match(name) and os.path.isfile(os.path.join(load_dir, name, "metadata.json")):
-            return os.path.join(load_dir, name)
-    its = list_iterations(load_dir)
+    name = _latest_name(load_dir)
+    if name is not None and _ITER.match(name) and os.path.isfile(os.path.join(load_dir, name, "metadata.json")):
+        return os.path.join(load_dir, name)
+    its = committed_order(load_dir)
+    if name is not None:
+        instead = (f"loading the most recently committed one instead, {iter_dirname(its[-1])}" if its
+                   else "and there is no other complete checkpoint")
+        warn(f"{os.path.join(load_dir, 'latest')} names {name!r}, which is not a complete checkpoint; {instead}")
     return os.path.join(load_dir, iter_dirname(its[-1])) if its else None
 
 

@@ -5,7 +5,6 @@ Exactly one process writes (the caller passes ``enabled`` for the rank that hold
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass

@@ -27,7 +27,7 @@ from megatron_th.training.checkpoint import CheckpointError
 from megatron_th.training.checkpoint_args import apply_checkpoint_args
 from megatron_th.training.metrics import MetricsLogger, apply_tf32, peak_tflops, tf32_enabled
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
-from megatron_th.training.resume import load_state, save_state, tokenizer_files
+from megatron_th.training.resume import data_changes, load_state, save_state, tokenizer_files
 from megatron_th.training.schedules import LRSchedule
 from megatron_th.training.step import Stepper
 from megatron_th.training.wandb_log import open_wandb, run_id
@@ -55,17 +55,25 @@ def precision(cfg) -> tuple[str, torch.dtype]:
     return "fp32", torch.float32
 
 
-def setup_data(cfg, log=print):
+def setup_data(cfg, log=print, resumed: dict | None = None):
+    """(tokenizer, tokenizer spec, {split: dataset}). ``resumed``: the ``--load`` checkpoint's
+    state (iteration, consumed_samples), or None. The train split holds the samples already
+    consumed plus those the remaining iterations take at the current global batch size (Megatron
+    allows changing it on resume); the sample order does not depend on the size (docs/data.md)."""
     d, t = cfg.data, cfg.train
     tok_path = d.tokenizer_model or DEFAULT_TOKENIZER
     tokenizer = load_tokenizer(tok_path)
     group = host_sync.host_group(getattr(cfg.parallel, "distributed_timeout_minutes", None))  # rank 0 builds
     data_path = d.data_path or embedded_data_path(log=log, group=group)
     evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
-    n = {"train": t.train_iters * d.global_batch_size,
+    done = resumed or {}
+    n = {"train": int(done.get("consumed_samples", 0))
+         + max(t.train_iters - int(done.get("iteration", 0)), 0) * d.global_batch_size,
          "valid": t.eval_iters * d.global_batch_size if evals else 0}
     datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log,
-                              group=group)
+                              group=group, vocab_size=tokenizer.vocab_size,  # ids checked before any step
+                              vocab_name=f"--tokenizer-model {tok_path}" if d.tokenizer_model
+                              else f"the default tokenizer {tok_path}")
     return tokenizer, tok_path, datasets
 
 
@@ -164,7 +172,8 @@ def pretrain(cfg, log=print) -> dict:
         f"{'; --tf32 ignored: TF32 exists only on CUDA' if o.tf32 and device.type != 'cuda' else ''})")
     host_sync.run_on_rank0(lambda: check_run_dirs(cfg), host_sync.host_group(p.distributed_timeout_minutes),
                            shared=(ConfigError,))
-    tokenizer, tok_path, datasets = setup_data(cfg, log)
+    # the checkpoint's state sizes the train split (read here, restored with the tensors below)
+    tokenizer, tok_path, datasets = setup_data(cfg, log, reader.meta.get("state") if reader is not None else None)
     tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
     core = build_chunks(cfg, tokenizer.vocab_size, groups, device, dtype)
     runners = [torch.compile(c) for c in core.chunks] if t.compile else core.chunks
@@ -187,6 +196,10 @@ def pretrain(cfg, log=print) -> dict:
         state.update(load_state(reader, core, optimizer, groups))
         log(f"resumed from {reader.path} at iteration {state['iteration']} "
             f"({state['consumed_samples']} samples consumed)")
+        changed = data_changes(reader.meta.get("config", {}), cfg)
+        if changed:
+            log(f"warning: {', '.join(changed)} since the checkpoint: continuing after its "
+                f"{state['consumed_samples']} consumed samples in the new settings' sample order")
     wandb_id = run_id(t.wandb_project, state.get("wandb_run_id"), host_sync.host_group(p.distributed_timeout_minutes))
     if wandb_id:
         state["wandb_run_id"] = wandb_id  # in every checkpoint's metadata: a resumed run continues it

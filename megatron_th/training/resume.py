@@ -222,15 +222,63 @@ def _read_local(reader, name, p, groups) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=tp_dim)
 
 
+def _eps(dtype) -> float:
+    return torch.finfo(getattr(torch, dtype) if isinstance(dtype, str) else dtype).eps
+
+
+def weight_key(reader: CheckpointReader, name: str, dtype: torch.dtype) -> str:
+    """The checkpoint tensor to take parameter ``name`` from when the model holds it in ``dtype``:
+    the fp32 master ``optim.master.<name>`` when the checkpoint has one and ``dtype`` is more
+    precise than the stored weight (a bf16 run resumed in fp32, or in fp16, whose mantissa is
+    longer than bf16's), else the weight itself. At the saved precision both give the same bits
+    (the 16-bit weight is the rounded master), so the smaller tensor is read."""
+    master = f"optim.master.{name}"
+    if master in reader.tensors and name in reader.tensors and _eps(dtype) < _eps(reader.tensors[name]["dtype"]):
+        return master
+    return name
+
+
 @torch.no_grad()
 def load_model(reader: CheckpointReader, model, groups=None) -> None:
+    """Copies every parameter of ``model`` from the checkpoint, at this rank's layout, from the
+    most precise copy the checkpoint holds for the parameter's dtype (``weight_key``)."""
     groups = groups or _Single()
     for name, p in model.named_parameters():
-        p.copy_(_read_local(reader, name, p, groups))
+        p.copy_(_read_local(reader, weight_key(reader, name, p.dtype), p, groups))
+
+
+# settings the sample order is a function of (docs/data.md): (flag, config section, field)
+DATA_SETTINGS = (("--data-path", "data", "data_path"), ("--split", "data", "split"),
+                 ("--seq-length", "model", "seq_length"), ("--seed", "train", "seed"))
+
+
+def data_changes(saved_config: dict, cfg) -> list[str]:
+    """``["--seq-length 32 -> 16", ...]``: the settings that fix the sample order (blend weights
+    and data paths, split, sequence length, seed) that differ between the checkpoint's config
+    (``reader.meta["config"]``) and ``cfg``. Megatron allows the change; the run continues from
+    ``consumed_samples`` in the new order, so the caller warns. Settings absent from the saved
+    config are not compared."""
+    out = []
+    for flag, sec, field in DATA_SETTINGS:
+        saved = (saved_config or {}).get(sec, {})
+        if field not in saved:
+            continue
+        old, new = saved[field], getattr(getattr(cfg, sec), field)
+        if isinstance(old, list) or isinstance(new, list):
+            old, new = [str(x) for x in old or []], [str(x) for x in new or []]
+            if old != new:
+                out.append(f"{flag} {' '.join(old) or '(embedded corpus)'} -> {' '.join(new) or '(embedded corpus)'}")
+        elif old != new:
+            out.append(f"{flag} {old} -> {new}")
+    return out
 
 
 def load_state(reader: CheckpointReader, model, optimizer, groups=None) -> dict:
-    """Restores model, optimizer (if saved) and, at the same layout, RNG; returns the saved state."""
+    """Restores model, optimizer (if saved) and, at the same layout, RNG; returns the saved state.
+
+    Across precisions the most precise weights win: parameters and fp32 masters come from the
+    checkpoint's masters when it has them (a 16-bit run), else from its weights (an fp32 run, or
+    weights only); the loss scaler is restored only between fp16 runs (a fresh one otherwise)."""
     groups = groups or _Single()
     load_model(reader, model, groups)
     if optimizer is not None:
@@ -242,7 +290,12 @@ def load_state(reader: CheckpointReader, model, optimizer, groups=None) -> dict:
             elif key.startswith("optim.master."):  # weights-only checkpoint: masters from the saved
                 tensors[key] = _read_local(reader, pname, params[pname], groups)  # weights, full precision
         fresh = {"step": 0, "loss_scaler": optimizer.scaler.state_dict()}
-        optimizer.load_state(tensors, reader.meta.get("optimizer", fresh))
+        meta = reader.meta.get("optimizer", fresh)
+        saved_fp16 = reader.meta.get("config", {}).get("optim", {}).get("fp16")
+        if saved_fp16 is not None and bool(saved_fp16) != optimizer.scaler.dynamic:
+            # fp16 <-> bf16/fp32: a dynamic loss scale means nothing to the other precision
+            meta = dict(meta, loss_scaler=fresh["loss_scaler"])
+        optimizer.load_state(tensors, meta)
     same_layout = reader.meta.get("layout") == {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp}
     r = groups.rank
     if same_layout and f"rng.{r}.cpu" in reader.tensors:
