@@ -113,22 +113,25 @@ def _codec(head: bytes) -> tuple[str, int, int]:
     return enc, (2 if "16" in enc else 4 if "32" in enc else 1), 0
 
 
-def _split(f, head: bytes, newline: bytes, unit: int) -> Iterator[bytes]:
-    """Lines of ``f`` (``head`` already read) ending at ``newline`` aligned to ``unit`` bytes."""
-    buf, pos, search = head, 0, 0
+def _split(f, head: bytes, newline: bytes, unit: int, start: int = 0) -> Iterator[tuple[bytes, int]]:
+    """(line, stream offset just after it) for the lines of ``f`` (``head`` already read, starting
+    at stream offset ``start``) ending at ``newline`` aligned to ``unit`` bytes. The offset is
+    exact, so progress can be reported per line although the file is read in 1 MiB blocks."""
+    buf, pos, search, base = head, 0, 0, start
     while True:
         i = buf.find(newline, search)
         while i != -1 and i % unit:
             i = buf.find(newline, i + 1)
         if i != -1:
-            yield buf[pos:i]
+            yield buf[pos:i], base + i + len(newline)
             pos = search = i + len(newline)
             continue
         block = f.read(_BLOCK)
         if not block:
             if pos < len(buf):
-                yield buf[pos:]
+                yield buf[pos:], base + len(buf)
             return
+        base += pos
         buf = buf[pos:]
         pos, search = 0, max(0, len(buf) - len(newline) + 1)
         search -= search % unit
@@ -147,9 +150,9 @@ def _iter_jsonl(path: str, keys) -> Iterator[Record]:
             if nl not in head and "\r".encode(codec) in head:   # old Mac line endings
                 nl = "\r".encode(codec)
             cr = "\r".encode(codec)
-            for raw in _split(f, head, nl, unit):
-                n += 1
-                rec = Record(path, n, pos=raw_f.tell())
+            for raw, end in _split(f, head, nl, unit, bom):
+                n += 1  # position: exact for plain files; the compressed position for .gz
+                rec = Record(path, n, pos=end if f is raw_f else raw_f.tell())
                 if raw.endswith(cr) and len(raw) % unit == 0:
                     raw = raw[:-len(cr)]
                 try:
