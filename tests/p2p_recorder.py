@@ -188,6 +188,7 @@ def _micro_batches(m, seed):
 def record_runs(cases, pp_sizes) -> dict:
     """{(p, m, v, forward_only): {"events": [...], "leaked": [...]}} for this rank; ``cases(p)``
     lists the (m, v, forward_only) to run for PP size p; the world is split into DP lines."""
+    from megatron_th.parallel import pipeline
     from megatron_th.parallel.groups import ParallelGroups
 
     out = {}
@@ -206,12 +207,19 @@ def record_runs(cases, pp_sizes) -> dict:
                     rec._n = len(warm)
                     hooks = [c.register_forward_pre_hook(lambda *a: rec.check_leaks(all_sent=True))
                              for c in runner.chunks]
-                    runner.run(_micro_batches(m, 1000 * m + v), 1.0, 1.0, forward_only=fo)
+                    made = []  # micro-batches whose inputs (and document plan) the executor built
+                    real = pipeline.model_inputs
+                    pipeline.model_inputs = lambda mb, device: made.append(id(mb)) or real(mb, device)
+                    try:
+                        runner.run(_micro_batches(m, 1000 * m + v), 1.0, 1.0, forward_only=fo)
+                    finally:
+                        pipeline.model_inputs = real
                     rec.check_leaks(all_sent=True)
                     for h in hooks:
                         h.remove()
                 out[(p, m, v, fo)] = {"events": rec.events, "leaked": rec.leaked, "rank": dist.get_rank(),
-                                      "line": [groups.stage_rank(s) for s in range(p)]}
+                                      "line": [groups.stage_rank(s) for s in range(p)],
+                                      "inputs_built": len(made), "inputs_distinct": len(set(made))}
     return out
 
 

@@ -174,6 +174,8 @@ def test_recorded_executor_is_deadlock_free_under_nccl_rules(recorded):
             assert not _clean(rep), (p, m, v, fo, mode, _clean(rep))  # contents, sizes, first batch
         for evs in events.values():  # every p2p call is batched, on a PP communicator
             assert all(e["batched"] for e in evs if e["type"] == "call")
+        for rec in per_rank.values():  # a micro-batch's inputs and document plan: once per rank,
+            assert rec["inputs_built"] == rec["inputs_distinct"] == m  # whatever v is
         seen.add((p, m, v, fo))
     assert seen == {(p, *c) for p in (2, 4, 8) for c in cases(p)}
 

@@ -121,7 +121,7 @@ class PipelineRunner:
     def run(self, micro_batches: list[dict], num_tokens: float, loss_scale: float, forward_only: bool = False):
         """Returns (summed masked loss on the last stage (0 elsewhere), per-sample stats if forward_only)."""
         p, r, v, m = self.p, self.r, self.v, len(micro_batches)
-        self._saved, self._live, self._stats = {}, 0, []
+        self._saved, self._live, self._stats, self._inputs = {}, 0, [], {}
         self._total = torch.zeros((), dtype=torch.float64, device=self.device)
         record = self.trace_enabled and not forward_only  # evaluation never replaces a step's trace
         if record:
@@ -146,11 +146,19 @@ class PipelineRunner:
         self.p2p.exchange(plan[-1]["send"], outgoing, [])
         _free_sent(to_free)
         total, stats = self._total, self._stats
-        self._saved = self._stats = self._total = None
+        self._saved = self._stats = self._total = self._inputs = None
         return total, stats
 
+    def _micro_batch_inputs(self, mb_id: int, mb: dict, chunk: int) -> dict:
+        """model_inputs once per micro-batch on this rank (device copies and the document plan,
+        with its flex block mask), shared by its v chunks' forwards, which run in chunk order."""
+        base = self._inputs.pop(mb_id, None) or model_inputs(mb, self.device)
+        if chunk < self.v - 1:
+            self._inputs[mb_id] = base
+        return dict(base)
+
     def _forward(self, vs, mb_id, mb, received, outgoing, to_free, num_tokens, loss_scale, forward_only):
-        inputs = model_inputs(mb, self.device)
+        inputs = self._micro_batch_inputs(mb_id, mb, vs // self.p)
         model = self.chunks[vs // self.p]
         x = None
         if vs > 0:
