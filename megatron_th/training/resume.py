@@ -177,17 +177,22 @@ def save_state(cfg, model, optimizer, state: dict, tokenizer, keep_last=None, gr
     writer = CheckpointWriter(cfg.train.save, state["iteration"])
     # rank 0 makes iter_N.tmp; every rank must see it (one ConfigError on every rank if not)
     writer.prepare_shared(host_sync.host_group(cfg.parallel.distributed_timeout_minutes) if distributed else None)
-    pieces = []
+    pieces, private = [], []  # private[i]: piece i is already this save's own host copy
     params = dict(model.named_parameters())
     opt_state = optimizer.state_tensors()  # collective under Zero-1: every rank takes part, DP rank 0 gets them
+    gathered = optimizer.buffers is not None  # Zero-1 hands the writer fresh host copies (parallel/zero.py)
     if groups.dp_rank == 0:
         for n, p in params.items():
             pieces += _pieces(n, p, p, groups)
+        private += [False] * (len(pieces) - len(private))
         for key, t, pname in opt_state:
             pieces += _pieces(key, t, params[pname], groups)
+        private += [gathered] * (len(pieces) - len(private))
     pieces += rng_tensors(groups.rank, model)
+    private += [False] * (len(pieces) - len(private))
     if async_save:  # a private CPU copy: training keeps updating the originals in place
-        pieces = [(n, t.detach().to("cpu", copy=True), full, off) for n, t, full, off in pieces]
+        pieces = [piece if own else (piece[0], piece[1].detach().to("cpu", copy=True), *piece[2:])
+                  for piece, own in zip(pieces, private)]
     tok_name, files = tokenizer_files(tokenizer)
     meta = {"state": state, "optimizer": optimizer.state_meta(), "config": cfg.to_dict(),
             "layout": {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp}, "tokenizer": tok_name}
