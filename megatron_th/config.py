@@ -31,9 +31,37 @@ class ModelConfig:
     max_position_embeddings: Optional[int] = F(None, "Learned position table size. Default seq_length.")
     position_embedding_type: str = F("learned_absolute", "learned_absolute | rope.", choices=["learned_absolute", "rope"])
     rotary_base: int = F(10000, "RoPE theta (Llama-3 uses 500000).")
+    use_rope_scaling: bool = F(False, "Scale RoPE frequencies for long contexts (Megatron's flag; the kind is "
+                                      "--rope-scaling-type, Llama-3.1's llama3 by default).")
+    rope_scaling_type: str = F("llama3", "llama3 | linear | dynamic: transformers' rope_type of the same name "
+                                         "(modeling_rope_utils.py).", choices=["llama3", "linear", "dynamic"])
+    rope_scaling_factor: float = F(8.0, "RoPE scaling factor (Llama-3.1: 8, Llama-3.2: 32).")
+    rope_scaling_low_freq_factor: float = F(1.0, "llama3 scaling: low_freq_factor.")
+    rope_scaling_high_freq_factor: float = F(4.0, "llama3 scaling: high_freq_factor.")
+    rope_scaling_original_max_position_embeddings: Optional[int] = F(
+        8192, "llama3 scaling: original_max_position_embeddings (the pretraining context).")
+    rope_local_base_freq: Optional[float] = F(None, "RoPE theta of the sliding-window layers, unscaled (Gemma 3's "
+                                                    "local layers); default: those layers use the global RoPE.")
+    window_size: Optional[int] = F(None, "Sliding-window attention: a query sees itself and the window_size - 1 "
+                                         "keys before it (transformers' sliding_window).")
+    layer_types: Optional[list] = F(None, "Per layer: full_attention | sliding_attention (HF's layer_types). "
+                                          "Default with --window-size: every layer slides.", nargs="+")
+    qk_layernorm: bool = F(False, "Normalise queries and keys per head before RoPE (Qwen3, Gemma 3): one "
+                                  "[head_dim] weight shared by all heads.")
+    apply_layernorm_1p: bool = F(False, "Norms scale by (1 + weight), computed in fp32 (Gemma); weights start at 0.")
+    sandwich_norm: bool = F(False, "Also normalise the attention and MLP outputs before the residual add "
+                                   "(Gemma 2/3's post_attention_layernorm / post_feedforward_layernorm).")
+    scale_embeddings: bool = F(False, "Multiply the input embeddings by sqrt(hidden_size) in the activation dtype "
+                                      "(Gemma's normalizer).")
+    query_pre_attn_scalar: Optional[float] = F(None, "Attention scores scale by query_pre_attn_scalar^-0.5 instead "
+                                                     "of head_dim^-0.5 (Gemma 3).")
+    vocab_size: Optional[int] = F(None, "Vocabulary rows with logits when larger than the tokenizer's (Qwen2.5 ships "
+                                        "151936 rows for ~151.6k tokens). Default: the tokenizer's size.")
     normalization: str = F("LayerNorm", "LayerNorm | RMSNorm.", choices=["LayerNorm", "RMSNorm"])
     norm_epsilon: float = F(1e-5, "Epsilon of the norms.")
     swiglu: bool = F(False, "SwiGLU MLP (down(silu(gate(x)) * up(x))) instead of GeLU.")
+    geglu: bool = F(False, "GeGLU MLP (down(gelu(gate(x)) * up(x)); tanh GeLU with --openai-gelu, as Gemma's "
+                           "gelu_pytorch_tanh).")
     openai_gelu: bool = F(False, "tanh-approximate GeLU (GPT-2's gelu_new) instead of the exact erf GeLU.")
     disable_bias_linear: bool = F(False, "No biases in linear layers (Llama).")
     add_qkv_bias: bool = F(False, "Bias on the QKV projection even with --disable-bias-linear (Qwen2).")
@@ -45,6 +73,11 @@ class ModelConfig:
     attention_backend: str = F("auto", "auto | sdpa | varlen | dense | flex | flash | te.",
                                choices=["auto", "sdpa", "varlen", "dense", "flex", "flash", "te"])
     recompute_granularity: Optional[str] = F(None, "Activation recompute: full | selective.", choices=["full", "selective"])
+
+    @property
+    def gated_linear_unit(self) -> bool:
+        """The MLP is gated ([gate; up] in linear_fc1): SwiGLU or GeGLU (Megatron's gated_linear_unit)."""
+        return self.swiglu or self.geglu
 
 
 @dataclass
@@ -140,7 +173,11 @@ SECTIONS = {"model": ModelConfig, "parallel": ParallelConfig, "optim": OptimConf
 ARCH_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                "kv_channels", "max_position_embeddings", "position_embedding_type", "rotary_base",
                "normalization", "norm_epsilon", "swiglu", "openai_gelu", "disable_bias_linear",
-               "add_qkv_bias", "untie_embeddings_and_output_weights", "make_vocab_size_divisible_by")
+               "add_qkv_bias", "untie_embeddings_and_output_weights", "make_vocab_size_divisible_by",
+               "use_rope_scaling", "rope_scaling_type", "rope_scaling_factor", "rope_scaling_low_freq_factor",
+               "rope_scaling_high_freq_factor", "rope_scaling_original_max_position_embeddings",
+               "rope_local_base_freq", "window_size", "layer_types", "qk_layernorm", "apply_layernorm_1p",
+               "sandwich_norm", "scale_embeddings", "query_pre_attn_scalar", "vocab_size", "geglu")
 
 
 @dataclass
@@ -307,7 +344,7 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
     need(m.num_query_groups > 0 and m.num_attention_heads % m.num_query_groups == 0,
          f"--num-attention-heads {m.num_attention_heads} is not divisible by --num-query-groups {m.num_query_groups}")
     if m.ffn_hidden_size is None:
-        m.ffn_hidden_size = (-(-int(8 * m.hidden_size / 3) // 64) * 64) if m.swiglu else 4 * m.hidden_size
+        m.ffn_hidden_size = (-(-int(8 * m.hidden_size / 3) // 64) * 64) if m.gated_linear_unit else 4 * m.hidden_size
     if m.max_position_embeddings is None:
         m.max_position_embeddings = m.seq_length
     if m.position_embedding_type == "learned_absolute":
@@ -315,6 +352,7 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
              f"--seq-length {m.seq_length} exceeds --max-position-embeddings {m.max_position_embeddings}")
     if m.position_embedding_type == "rope":
         need(m.kv_channels % 2 == 0, f"RoPE needs an even head dim, got --kv-channels {m.kv_channels}")
+    check_model_options(m, need)
     for name in ("hidden_dropout", "attention_dropout"):
         need(0.0 <= getattr(m, name) < 1.0, f"--{name.replace('_', '-')} must be in [0, 1)")
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
@@ -367,6 +405,31 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
         val = getattr(t, name)
         need(val is None or val > 0, f"--{name.replace('_', '-')} must be positive")
     return cfg
+
+
+def check_model_options(m: ModelConfig, need) -> None:
+    """The newer architecture options (RoPE scaling, windows, QK-norm, Gemma's) that must agree."""
+    rope = m.position_embedding_type == "rope"
+    need(not m.use_rope_scaling or rope, "--use-rope-scaling needs --position-embedding-type rope")
+    need(m.rope_local_base_freq is None or rope, "--rope-local-base-freq needs --position-embedding-type rope")
+    need(not m.use_rope_scaling or m.rope_scaling_factor >= 1.0,
+         f"--rope-scaling-factor {m.rope_scaling_factor} must be >= 1")
+    if m.use_rope_scaling and m.rope_scaling_type == "llama3":
+        need(m.rope_scaling_original_max_position_embeddings, "--use-rope-scaling (llama3) needs "
+             "--rope-scaling-original-max-position-embeddings")
+        need(m.rope_scaling_high_freq_factor > m.rope_scaling_low_freq_factor,
+             "--rope-scaling-high-freq-factor must exceed --rope-scaling-low-freq-factor")
+    need(m.window_size is None or m.window_size >= 1, f"--window-size {m.window_size} must be >= 1")
+    if m.layer_types is not None:
+        need(len(m.layer_types) == m.num_layers,
+             f"--layer-types has {len(m.layer_types)} entries for --num-layers {m.num_layers}")
+        bad = sorted(set(m.layer_types) - {"full_attention", "sliding_attention"})
+        need(not bad, f"--layer-types: unknown {bad} (full_attention | sliding_attention)")
+        need(m.window_size is not None or "sliding_attention" not in m.layer_types,
+             "--layer-types has sliding_attention layers but no --window-size")
+    need(not (m.swiglu and m.geglu), "--swiglu and --geglu are mutually exclusive")
+    need(m.query_pre_attn_scalar is None or m.query_pre_attn_scalar > 0, "--query-pre-attn-scalar must be positive")
+    need(m.vocab_size is None or m.vocab_size > 0, "--vocab-size must be positive")
 
 
 def data_parallel_size(cfg: Config, world_size: int) -> int:

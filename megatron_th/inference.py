@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from megatron_th.config import Config
-from megatron_th.data.tokenizer import load_tokenizer
+from megatron_th.data.tokenizer import load_tokenizer, model_vocab_size
 from megatron_th.model.gpt import GPTModel
 from megatron_th.training.resume import load_model, open_checkpoint, tokenizer_spec
 
@@ -18,7 +18,7 @@ def load_for_inference(load_dir: str, iteration: int | None = None, dtype=torch.
         raise FileNotFoundError(f"{reader.path}: the checkpoint holds no tokenizer and its config names none")
     tokenizer = load_tokenizer(spec)
     with torch.device("meta"):
-        model = GPTModel(cfg.model, tokenizer.vocab_size)
+        model = GPTModel(cfg.model, model_vocab_size(cfg.model, tokenizer))
     model.to_empty(device="cpu")
     load_model(reader, model)
     return model.to(device=device, dtype=dtype).eval(), tokenizer, cfg

@@ -30,6 +30,20 @@ def padded_vocab_size(vocab_size: int, divisible_by: int = 128) -> int:
     return -(-vocab_size // divisible_by) * divisible_by
 
 
+def model_vocab_size(model_cfg, tokenizer) -> int:
+    """Rows of the model's vocabulary that have logits: ``--vocab-size`` when set (a base model with
+    more embedding rows than its tokenizer has tokens, e.g. Qwen2.5's 151936 for ~151.6k tokens),
+    else the tokenizer's size. Raises ConfigError when the tokenizer has more tokens than that."""
+    from megatron_th.config import ConfigError
+
+    rows = getattr(model_cfg, "vocab_size", None)
+    if rows is None:
+        return tokenizer.vocab_size
+    if tokenizer.vocab_size > rows:
+        raise ConfigError(f"--vocab-size {rows} is smaller than the tokenizer's {tokenizer.vocab_size} tokens")
+    return rows
+
+
 class SentencePieceTokenizer:
     """A sentencepiece model file; ``encode`` adds nothing (no BOS, no dummy prefix)."""
 

@@ -50,9 +50,9 @@ def layer_params(m, i: int) -> list[Param]:
     if bias:
         out.append(Param(pre + "self_attention.linear_proj.bias", (h,), None))
     out += _norm(m, pre + "pre_mlp_layernorm")
-    out.append(Param(pre + "mlp.linear_fc1.weight", (f * (2 if m.swiglu else 1), h), 0))
+    out.append(Param(pre + "mlp.linear_fc1.weight", (f * (2 if m.gated_linear_unit else 1), h), 0))
     if bias:
-        out.append(Param(pre + "mlp.linear_fc1.bias", (f * (2 if m.swiglu else 1),), 0))
+        out.append(Param(pre + "mlp.linear_fc1.bias", (f * (2 if m.gated_linear_unit else 1),), 0))
     out.append(Param(pre + "mlp.linear_fc2.weight", (h, f), 1))
     if bias:
         out.append(Param(pre + "mlp.linear_fc2.bias", (h,), None))

@@ -21,7 +21,7 @@ def layer_forward_flops_per_token(cfg, seq_length: int) -> float:
     np_, ng = cfg.num_attention_heads, cfg.num_query_groups
     qkv = h * (np_ + 2 * ng) * hd
     proj = np_ * hd * h
-    fc1 = h * cfg.ffn_hidden_size * (2 if cfg.swiglu else 1)
+    fc1 = h * cfg.ffn_hidden_size * (2 if cfg.gated_linear_unit else 1)
     fc2 = cfg.ffn_hidden_size * h
     return 2.0 * (qkv + proj + fc1 + fc2) + attention_core_flops_per_token(cfg, seq_length)
 

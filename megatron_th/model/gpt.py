@@ -26,6 +26,12 @@ def _embedding(rows: int, width: int) -> nn.Embedding:
     return nn.Embedding(rows, width, _weight=weight) if weight.is_meta else nn.Embedding(rows, width)
 
 
+def scale_embeddings(x: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """x * scale with the scale rounded to x's dtype first (transformers' Gemma3TextScaledWordEmbedding:
+    ``embed_scale.to(weight.dtype)``); ``scale`` None: x unchanged."""
+    return x if scale is None else x * torch.tensor(scale, dtype=x.dtype, device=x.device)
+
+
 class Embedding(nn.Module):
     def __init__(self, cfg, padded_vocab: int, with_positions: bool):
         super().__init__()
@@ -34,9 +40,10 @@ class Embedding(nn.Module):
         self.word_embeddings = _embedding(padded_vocab, cfg.hidden_size)
         self.position_embeddings = _embedding(cfg.max_position_embeddings, cfg.hidden_size) if with_positions else None
         self.dropout = cfg.hidden_dropout
+        self.scale = cfg.hidden_size ** 0.5 if getattr(cfg, "scale_embeddings", False) else None
 
     def forward(self, tokens, position_ids):
-        x = self.word_embeddings(tokens)
+        x = scale_embeddings(self.word_embeddings(tokens), self.scale)
         if self.position_embeddings is not None:
             x = x + self.position_embeddings(position_ids)
         return F.dropout(x, self.dropout, self.training)
@@ -51,10 +58,12 @@ class LMHead(nn.Module):
         self.vocab_size = vocab_size
 
     def forward(self, x, weight, labels=None):
-        logits = F.linear(x, weight)[..., : self.vocab_size]
         if labels is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+            return F.linear(x, weight)[..., : self.vocab_size]
+        # chunked over tokens, logits recomputed in backward: never the full fp32 [b*s, V] (model/loss.py)
+        from megatron_th.model.loss import lm_cross_entropy
+
+        return lm_cross_entropy(x, weight, labels, self.vocab_size)
 
 
 class GPTModel(nn.Module):
@@ -68,9 +77,11 @@ class GPTModel(nn.Module):
         learned = cfg.position_embedding_type == "learned_absolute"
         if pre_process or (post_process and self.tied):
             self.embedding = Embedding(cfg, self.padded_vocab_size, learned and pre_process)
-        self.rope = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base) if not learned else None
+        self.rope = RotaryEmbedding.from_config(cfg) if not learned else None
+        local = not learned and getattr(cfg, "rope_local_base_freq", None) is not None
+        self.rope_local = RotaryEmbedding.from_config(cfg, local=True) if local else None
         lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
-        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg) for i in range(lo, hi)})
+        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, i) for i in range(lo, hi)})
         if post_process:
             self.final_norm = make_norm(cfg, cfg.hidden_size)
             if not self.tied:
@@ -105,6 +116,8 @@ class GPTModel(nn.Module):
             if position_ids is None:
                 position_ids = torch.arange(s, device=x.device).expand(b, s)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
+        if self.rope_local is not None:
+            rope = {"global": rope, "local": self.rope_local(position_ids, x.dtype)}
         documents = self._plan(documents, cu_seqlens, b, position_ids.shape[1], x)
         for layer in self.layers.values():
             if self.recompute_full and self.training:
@@ -121,9 +134,11 @@ class GPTModel(nn.Module):
             if documents is not None:
                 raise ValueError("GPTModel.forward takes cu_seqlens or documents, not both")
             documents = DocumentPlan(cu_seqlens, b, s, device=x.device)
-        if documents is not None and len(self.layers):
-            # every layer has the same backend, width and dropout: the first one speaks for all
-            next(iter(self.layers.values())).self_attention.prepare(documents, x.dtype, x.device)
+        if documents is not None:
+            # layers share the backend, width and dropout; they differ only by window: one per window
+            by_window = {layer.self_attention.window: layer.self_attention for layer in self.layers.values()}
+            for attn in by_window.values():
+                attn.prepare(documents, x.dtype, x.device)
         return documents
 
 

@@ -25,10 +25,12 @@ def skips_init(device) -> bool:
 
 
 def init_tensor(name: str, shape, cfg, seed: int) -> torch.Tensor:
-    """The fp32 initial value of logical parameter ``name`` (full, unsharded shape)."""
+    """The fp32 initial value of logical parameter ``name`` (full, unsharded shape). Norm gains
+    start at 1, or at 0 under ``apply_layernorm_1p`` (the norm scales by 1 + weight)."""
     leaf = name.rsplit(".", 1)[-1]
     if "layernorm" in name or "final_norm" in name:
-        return torch.ones(shape) if leaf == "weight" else torch.zeros(shape)
+        one_p = getattr(cfg, "apply_layernorm_1p", False)
+        return torch.ones(shape) if leaf == "weight" and not one_p else torch.zeros(shape)
     if leaf == "bias":
         return torch.zeros(shape)
     std = cfg.init_method_std

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_th.model.gpt import scale_embeddings
 from megatron_th.model.init import init_tensor, skips_init
 from megatron_th.parallel import comm
 from megatron_th.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
@@ -25,13 +26,13 @@ class ParallelEmbedding(nn.Module):
     """Vocab-parallel word embeddings + replicated learned positions (+ dropout on the output)."""
 
     def __init__(self, word: VocabParallelEmbedding, positions: nn.Embedding | None, dropout: float, group,
-                 sequence_parallel: bool, sharded_rng):
+                 sequence_parallel: bool, sharded_rng, scale: float | None = None):
         super().__init__()
-        self.word_embeddings, self.position_embeddings = word, positions
+        self.word_embeddings, self.position_embeddings, self.scale = word, positions, scale
         self.dropout, self.group, self.sequence_parallel, self.sharded_rng = dropout, group, sequence_parallel, sharded_rng
 
     def forward(self, tokens, position_ids):
-        x = self.word_embeddings(tokens)  # reduced over TP (sequence-scattered under SP)
+        x = scale_embeddings(self.word_embeddings(tokens), self.scale)  # reduced over TP (scattered under SP)
         if self.position_embeddings is not None:
             pos = self.position_embeddings(position_ids)
             x = x + (comm.scatter_to_sp(pos, self.group) if self.sequence_parallel else pos)
@@ -90,12 +91,15 @@ def parallelize(model, groups, cfg, seed: int, sequence_parallel: bool = False, 
             pos = nn.Embedding(*emb.position_embeddings.weight.shape)
             # replicated; under SP its gradient is all-gathered by scatter_to_sp, so no TP all-reduce
             pos.weight = mark(nn.Parameter(take("embedding.position_embeddings.weight", None)), None)
-        model.embedding = ParallelEmbedding(word, pos, emb.dropout, g, sp, sharded_rng if sp else contextlib.nullcontext)
+        model.embedding = ParallelEmbedding(word, pos, emb.dropout, g, sp, sharded_rng if sp else contextlib.nullcontext,
+                                            emb.scale)
     if model.post_process:
         if not model.tied:
             model.output_layer.weight = mark(nn.Parameter(take("output_layer.weight", 0)), 0)
         model.lm_head = VocabParallelHead(g, start, model.vocab_size, sp)
-    # everything not replaced (norms, position embeddings) is replicated over TP
+    # everything not replaced (norms, position embeddings) is replicated over TP. Its gradient is
+    # partial on each TP rank (summed by parallel/grads.py finalize_grads) under SP, and always for
+    # QK-norm weights: each rank normalises only its own heads with them.
     for name, p in model.named_parameters():
         if not hasattr(p, "tp_dim"):
             if p.is_meta and not skip:
@@ -103,7 +107,8 @@ def parallelize(model, groups, cfg, seed: int, sequence_parallel: bool = False, 
                     new = nn.Parameter(init_tensor(name, tuple(p.shape), cfg, seed))
                 _replace_param(model, name, new)
                 p = new
-            mark(p, None, sequence_parallel=sp)
+            per_head = tp > 1 and (".q_layernorm." in name or ".k_layernorm." in name)
+            mark(p, None, sequence_parallel=sp or per_head)
     model.tp_rng = rng
     return model.to(device=device, dtype=dtype)
 

@@ -14,7 +14,7 @@ from megatron_th.config import ConfigError, finalize, parse_config
 from megatron_th.data.embedded import DEFAULT_TOKENIZER, embedded_data_path
 from megatron_th.data.gpt_dataset import BlendedDataset, build_datasets
 from megatron_th.data.loader import PretrainingLoader
-from megatron_th.data.tokenizer import load_tokenizer
+from megatron_th.data.tokenizer import load_tokenizer, model_vocab_size
 from megatron_th.model.flops import flops_per_iteration
 from megatron_th.model.gpt import GPTModel
 from megatron_th.parallel import comm, host_sync
@@ -71,7 +71,7 @@ def setup_data(cfg, log=print, resumed: dict | None = None):
          + max(t.train_iters - int(done.get("iteration", 0)), 0) * d.global_batch_size,
          "valid": t.eval_iters * d.global_batch_size if evals else 0}
     datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log,
-                              group=group, vocab_size=tokenizer.vocab_size,  # ids checked before any step
+                              group=group, vocab_size=model_vocab_size(cfg.model, tokenizer),  # ids checked before any step
                               vocab_name=f"--tokenizer-model {tok_path}" if d.tokenizer_model
                               else f"the default tokenizer {tok_path}")
     return tokenizer, tok_path, datasets
@@ -175,7 +175,8 @@ def pretrain(cfg, log=print) -> dict:
     # the checkpoint's state sizes the train split (read here, restored with the tensors below)
     tokenizer, tok_path, datasets = setup_data(cfg, log, reader.meta.get("state") if reader is not None else None)
     tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
-    core = build_chunks(cfg, tokenizer.vocab_size, groups, device, dtype)
+    vocab = model_vocab_size(m, tokenizer)
+    core = build_chunks(cfg, vocab, groups, device, dtype)
     runners = [torch.compile(c) for c in core.chunks] if t.compile else core.chunks
     named = list(core.named_parameters())
     tied = not m.untie_embeddings_and_output_weights
@@ -204,14 +205,14 @@ def pretrain(cfg, log=print) -> dict:
     if wandb_id:
         state["wandb_run_id"] = wandb_id  # in every checkpoint's metadata: a resumed run continues it
     with torch.device("meta"):
-        nparams = sum(p_.numel() for p_ in GPTModel(cfg.model, tokenizer.vocab_size).parameters())
-    log(f"model: {nparams / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size} (padded "
+        nparams = sum(p_.numel() for p_ in GPTModel(cfg.model, vocab).parameters())
+    log(f"model: {nparams / 1e6:.2f}M parameters, vocab {vocab} (padded "
         f"{core.padded_vocab_size}), {prec} on {device}, TP {groups.tp} PP {groups.pp} DP {groups.dp}")
     loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"], groups.dp_rank, groups.dp)
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
     wb = open_wandb(t, cfg.to_dict(), wandb_id, t.save and os.path.join(t.save, "wandb"), log) if is_logger else None
     metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir, wandb=wb)
-    flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, tokenizer.vocab_size) / world  # per device
+    flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, vocab) / world  # per device
     peak = peak_tflops(prec, device.type, t.peak_tflops, tf32) if is_logger else None  # only the logger uses it
     consecutive_skips, losses, gnorms, last_save, pending = 0, [], [], None, None
     window = {"loss": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0, "comm": 0.0}
