@@ -8,7 +8,8 @@ from setuptools import setup
 
 ext = Pybind11Extension(
     "megatron_th._C",
-    sorted(["csrc/module.cpp", "csrc/sample_index.cpp", "csrc/blending.cpp", "csrc/packing.cpp"]),
+    sorted(["csrc/module.cpp", "csrc/sample_index.cpp", "csrc/blending.cpp", "csrc/packing.cpp",
+            "csrc/sft_packing.cpp"]),
     include_dirs=["csrc"],
     depends=["csrc/kernels.h"],
     cxx_std=17,

@@ -44,4 +44,19 @@ void build_blending_indices(const double* weights, int64_t n, int64_t size, int1
 int64_t packed_metadata(const int64_t* tokens, int64_t b, int64_t s, int64_t eod, bool reset_position_ids,
                         bool eod_mask_loss, int64_t* position_ids, float* loss_mask, int32_t* cu_seqlens);
 
+// ---- SFT packing (sft_packing.cpp) -------------------------------------------------------------
+// Checks capacity > 0 and 1 <= lengths[i] for every item; items longer than capacity are an error
+// naming how many there are and the longest.
+std::string check_bin_packing(const int64_t* lengths, int64_t n, int64_t capacity);
+
+// Best-fit decreasing: items in order of decreasing length (stable: equal lengths keep their input
+// order, so a caller that shuffles the input decides their order); each goes into the open bin
+// with the least remaining space that still fits it (lowest bin id on ties), else a new bin.
+// Output in CSR form: bin b holds items bin_items[bin_offsets[b] .. bin_offsets[b+1]) (indices
+// into lengths, in placement order); bins numbered in opening order. bin_offsets needs room for
+// n + 1 entries, bin_items for n. Returns the number of bins. Requires check_bin_packing(...) == "".
+// O(n log n): open bins live in an ordered set keyed by (remaining, bin id).
+int64_t best_fit_decreasing(const int64_t* lengths, int64_t n, int64_t capacity, int64_t* bin_offsets,
+                            int64_t* bin_items);
+
 }  // namespace mth

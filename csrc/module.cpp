@@ -88,8 +88,32 @@ static py::tuple packing(arr<int64_t> tokens, int64_t eod, bool reset_position_i
   return py::make_tuple(pos, mask, cu_out);
 }
 
+static py::tuple bin_packing(arr<int64_t> lengths, int64_t capacity) {
+  require_ndim(lengths, 1, "lengths");
+  const int64_t n = lengths.shape(0);
+  const int64_t* l = lengths.data();
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = mth::check_bin_packing(l, n, capacity);
+  }
+  raise_if(err);
+  std::vector<int64_t> offsets(static_cast<size_t>(n + 1));
+  py::array_t<int64_t> items(n);
+  int64_t* ip = items.mutable_data();
+  int64_t nbins;
+  {
+    py::gil_scoped_release release;
+    nbins = mth::best_fit_decreasing(l, n, capacity, offsets.data(), ip);
+  }
+  py::array_t<int64_t> offsets_out(nbins + 1);
+  std::copy(offsets.begin(), offsets.begin() + nbins + 1, offsets_out.mutable_data());
+  return py::make_tuple(offsets_out, items);
+}
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "megatron_th C++ data kernels: sample index, dataset blending, packed-sequence metadata";
+  m.doc() = "megatron_th C++ data kernels: sample index, dataset blending, packed-sequence metadata, "
+          "SFT bin packing";
   m.def("build_sample_idx", &sample_idx, py::arg("sizes"), py::arg("doc_idx"), py::arg("seq_length"),
         py::arg("num_samples"),
         "int64 [num_samples+1, 2]: (position in doc_idx, token offset) where each sample starts; "
@@ -99,4 +123,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("packed_metadata", &packing, py::arg("tokens"), py::arg("eod"), py::arg("reset_position_ids"),
         py::arg("eod_mask_loss"),
         "(position_ids int64 [b,s], loss_mask float32 [b,s], cu_seqlens int32) of EOD-packed tokens.");
+  m.def("best_fit_decreasing", &bin_packing, py::arg("lengths"), py::arg("capacity"),
+        "(bin_offsets int64 [nbins+1], bin_items int64 [n]): best-fit-decreasing packing of items of the "
+        "given lengths (each 1..capacity) into bins of size capacity; bin b holds "
+        "bin_items[bin_offsets[b]:bin_offsets[b+1]] (indices into lengths, in placement order).");
 }

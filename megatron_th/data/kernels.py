@@ -11,13 +11,14 @@ import warnings
 
 from megatron_th.data import kernels_ref
 from megatron_th.data.kernels_ref import (  # noqa: F401  (re-exported)
+    best_fit_decreasing_ref,
     build_blending_indices_ref,
     build_sample_idx_ref,
     packed_metadata_ref,
 )
 
-__all__ = ["HAVE_CPP", "build_sample_idx", "build_blending_indices", "packed_metadata",
-           "build_sample_idx_ref", "build_blending_indices_ref", "packed_metadata_ref"]
+__all__ = ["HAVE_CPP", "build_sample_idx", "build_blending_indices", "packed_metadata", "best_fit_decreasing",
+           "build_sample_idx_ref", "build_blending_indices_ref", "packed_metadata_ref", "best_fit_decreasing_ref"]
 
 try:
     from megatron_th import _C
@@ -25,6 +26,7 @@ try:
     build_sample_idx = _C.build_sample_idx
     build_blending_indices = _C.build_blending_indices
     packed_metadata = _C.packed_metadata
+    best_fit_decreasing = _C.best_fit_decreasing
     HAVE_CPP = True
 except (ImportError, AttributeError) as e:  # missing, stale or ABI-incompatible build
     HAVE_CPP = False
@@ -35,3 +37,4 @@ except (ImportError, AttributeError) as e:  # missing, stale or ABI-incompatible
     build_sample_idx = kernels_ref.build_sample_idx
     build_blending_indices = kernels_ref.build_blending_indices
     packed_metadata = kernels_ref.packed_metadata
+    best_fit_decreasing = kernels_ref.best_fit_decreasing
