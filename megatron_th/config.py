@@ -143,6 +143,17 @@ class TrainConfig:
     seed: int = F(1234, "Seed for weights, data order and dropout.")
     save: Optional[str] = F(None, "Checkpoint directory.")
     load: Optional[str] = F(None, "Checkpoint directory to resume from. Without --tokenizer-model its tokenizer is used.")
+    finetune: bool = F(False, "Load only the weights of --load (Megatron's flag): iteration, optimizer, RNG and data "
+                              "position start fresh. Resume the fine-tuning run itself without it.")
+    sft: bool = F(False, "Supervised fine-tuning on tools/preprocess_sft.py output (--data-path PREFIX): conversations "
+                         "packed per sequence, each attending only to itself, loss on assistant tokens only.")
+    sft_loss_normalization: str = F("token", "SFT loss: token = mean over every loss token of the global batch "
+                                             "(Megatron's --calculate-per-token-loss; independent of the micro-batch, "
+                                             "accumulation and DP split); conversation = mean per conversation, then "
+                                             "over conversations.", choices=["token", "conversation"])
+    skip_train: bool = F(False, "Evaluate only (no train split needed: --split 0,100,0 works).")
+    full_validation: bool = F(False, "Each evaluation visits every sample of the valid split exactly once (the last "
+                                     "batch padded, padding excluded from the loss) instead of --eval-iters batches.")
     use_checkpoint_args: bool = F(False, "Take the model architecture (layers, widths, heads, norms, RoPE, biases, ...) from the --load checkpoint, e.g. one written by tools/convert_from_hf.py.")
     save_interval: Optional[int] = F(None, "Save every N steps (and at the end).")
     keep_last: Optional[int] = F(None, "Keep only the last k checkpoints.")

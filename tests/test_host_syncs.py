@@ -23,7 +23,8 @@ from megatron_th.data.packing import make_batch
 from megatron_th.model.attention import attention
 from megatron_th.model.gpt import build_model
 from megatron_th.model.reference import ReferenceGPT
-from megatron_th.training.step import count_loss_tokens, forward_backward, forward_only, model_inputs
+from megatron_th.training.step import forward_backward, forward_only, model_inputs
+from megatron_th.training.tasks.lm import LanguageModelTask
 from megatron_th.utils.host_syncs import count_host_syncs
 
 VOCAB, EOD, B, S = 300, 2, 3, 32
@@ -65,7 +66,7 @@ def test_training_syncs_are_per_micro_batch_and_none_inside_layers(backend, reco
     for layers in (2, 4):
         model = build_model(model_cfg(layers, backend, recompute), VOCAB, seed=1)
         for n in (1, 2):
-            num_tokens = float(count_loss_tokens(mbs[:n]))
+            num_tokens = sum(LanguageModelTask(None).normalizer(mb) for mb in mbs[:n])
             with count_host_syncs(model.layers) as c:
                 forward_backward(model, mbs[:n], num_tokens, 1.0, "cpu")
             counts[layers, n] = (c.count, c.inside)

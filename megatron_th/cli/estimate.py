@@ -9,8 +9,9 @@ smallest change that does; checkpoint size; the Chinchilla loss and compute-opti
 
 Takes the same flags and YAML as pretrain_gpt.py (a flag overrides the file), plus the settings
 below, which may also sit in the YAML under an ``estimate:`` section (training ignores it). The
-vocabulary size comes from --vocab-size, else the tokenizer (--tokenizer-model, default the
-embedded one). Formulas and sources: docs/estimate.md.
+vocabulary size comes from --vocab-size (the training flag; also accepted as ``vocab_size`` in the
+``estimate:`` section), else the tokenizer (--tokenizer-model, default the embedded one). Formulas
+and sources: docs/estimate.md.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ SETTINGS = {
     "gpus": (int, None, "Number of GPUs (world size). Default: TP x PP (data-parallel size 1)."),
     "gpu": (str, "a100-80g", "GPU type, for peak TFLOP/s and memory: a100-40g, a100-80g, h100-pcie, h100-80g, "
                              "h200, l40s, a10, v100-32g, v100-16g."),
-    "vocab_size": (int, None, "Vocabulary size (before padding). Default: the tokenizer's."),
     "train_tokens": (float, None, "Tokens to train on. Default: --train-iters x --global-batch-size x --seq-length."),
     "mfu": (float, 0.4, "Assumed model FLOPs utilisation (0-1) for time and cost."),
     "price_per_gpu_hour": (float, None, "Price of one GPU-hour, for the cost."),
@@ -56,6 +56,9 @@ def settings(argv, ns: argparse.Namespace) -> dict:
     if path:
         section = read_yaml(path).get(ESTIMATE_SECTION) or {}
         for k, v in section.items():
+            if k == "vocab_size":  # the estimate section's older home of what is now --vocab-size
+                out[k] = int(v) if v is not None else None
+                continue
             if k not in SETTINGS:
                 raise ConfigError(f"--config {path}: unknown key {k!r} in section {ESTIMATE_SECTION}: "
                                   f"(known: {', '.join(SETTINGS)})")
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
     try:
         cfg, ns = parse_config(argv, extra=add_flags)
         opts = settings(sys.argv[1:] if argv is None else argv, ns)
-        vocab = opts["vocab_size"] or vocab_from_tokenizer(cfg)
+        vocab = cfg.model.vocab_size or opts.get("vocab_size") or vocab_from_tokenizer(cfg)
         from megatron_th.estimate import estimate, format_report
 
         est = estimate(cfg, gpus=opts["gpus"], gpu=opts["gpu"], vocab_size=vocab, train_tokens=opts["train_tokens"],

@@ -231,8 +231,14 @@ class GPTDataset:
             return {"data": hashlib.sha1(np.ascontiguousarray(indexed.sizes).tobytes()).hexdigest(),
                     "dtype": str(indexed.dtype), "split": split, "docs": list(doc_range), "seed": seed,
                     "seq_length": seq_length, "blocks": blocks, "version": 1}
-        cache_dir = default_cache_dir(indexed.prefix, cache_dir)
+        cache_dir = self.cache_dir = default_cache_dir(indexed.prefix, cache_dir)
         self.index = _cached_index(cache_dir, os.path.basename(indexed.prefix), split, key, self._build, group)
+
+    def one_epoch(self, group=None) -> "GPTDataset":
+        """This split's samples of one epoch, each once (``--full-validation``): the first
+        ``tokens_per_epoch // seq_length`` samples of the order, a permutation of epoch 0's."""
+        return GPTDataset(self.indexed, self.split, (int(self.doc_ids[0]), int(self.doc_ids[-1]) + 1),
+                          self.seq_length, self.seed, self.block, self.cache_dir, group)
 
     def _build(self):
         doc_idx = np.concatenate([_rng(self.seed, self.split, 0, e).permutation(self.doc_ids)

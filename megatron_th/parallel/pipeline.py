@@ -108,8 +108,11 @@ class P2P:
 class PipelineRunner:
     """One step of forward/backward over the micro-batches with 1F1B or interleaved 1F1B."""
 
-    def __init__(self, chunks: list, groups, act_shape, dtype, device, trace: bool = False):
-        self.chunks, self.groups = chunks, groups
+    def __init__(self, chunks: list, groups, act_shape, dtype, device, trace: bool = False, task=None):
+        if task is None:
+            from megatron_th.training.tasks.lm import LanguageModelTask
+            task = LanguageModelTask(None)
+        self.chunks, self.groups, self.task = chunks, groups, task
         self.p, self.v, self.r = groups.pp, len(chunks), groups.pp_rank
         self.nvs = self.p * self.v
         self.act_shape, self.dtype, self.device = tuple(act_shape), dtype, device
@@ -119,10 +122,11 @@ class PipelineRunner:
         self.p2p.warm_up()
 
     def run(self, micro_batches: list[dict], num_tokens: float, loss_scale: float, forward_only: bool = False):
-        """Returns (summed masked loss on the last stage (0 elsewhere), per-sample stats if forward_only)."""
+        """Returns (the task's summed statistics (float64 [k], element 0 the summed loss) on the last
+        stage, zeros elsewhere; per-sample evaluation statistics if forward_only)."""
         p, r, v, m = self.p, self.r, self.v, len(micro_batches)
         self._saved, self._live, self._stats, self._inputs = {}, 0, [], {}
-        self._total = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._total = torch.zeros(len(self.task.stat_names), dtype=torch.float64, device=self.device)
         record = self.trace_enabled and not forward_only  # evaluation never replaces a step's trace
         if record:
             self.trace = []
@@ -176,12 +180,13 @@ class PipelineRunner:
         else:
             with torch.set_grad_enabled(not forward_only):
                 per_token = model(**inputs)
-            mask = mb["loss_mask"].to(self.device)
-            loss = (per_token * mask).sum()
             if forward_only:
-                self._stats.append(torch.stack([(per_token.double() * mask).sum(1), mask.double().sum(1)], dim=1))
-            self._total += loss.detach().double()
-            out = loss * (loss_scale / num_tokens)
+                self._stats.append(self.task.eval_stats(per_token, mb))
+                out = None
+            else:
+                loss, stats = self.task.loss(per_token, mb)
+                self._total += stats
+                out = loss * (loss_scale / num_tokens)
         if not forward_only:
             self._saved[(mb_id, vs)] = (x, out)
             self._live += 1

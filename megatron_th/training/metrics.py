@@ -153,12 +153,13 @@ def _k(x: float) -> str:
 
 class MetricsLogger:
     """Writes each record to the console, metrics.jsonl, TensorBoard (``tensorboard_dir``) and W&B
-    (``wandb``: a wandb_log.WandbWriter, or None); does nothing unless ``enabled``. ``close()``
+    (``wandb``: a wandb_log.WandbWriter, or None); does nothing unless ``enabled``. ``extra``:
+    fields added to every record (the task's, e.g. SFT's ``loss_normalization``). ``close()``
     at the end of training finishes the W&B run and flushes TensorBoard."""
 
     def __init__(self, log_dir: str | None, enabled: bool, train_iters: int, tensorboard_dir: str | None = None,
-                 wandb=None):
-        self.enabled, self.train_iters = enabled, train_iters
+                 wandb=None, extra: dict | None = None):
+        self.enabled, self.train_iters, self.extra = enabled, train_iters, dict(extra or {})
         self.wandb = wandb if enabled else None
         self.path = os.path.join(log_dir, "metrics.jsonl") if (log_dir and enabled) else None
         if self.path:
@@ -172,6 +173,7 @@ class MetricsLogger:
                 print("note: tensorboard is not installed; --tensorboard-dir ignored")
 
     def _write(self, record: dict) -> None:
+        record = {**record, **self.extra}  # the task's fields (e.g. SFT's loss_normalization)
         if self.path:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")

@@ -11,9 +11,8 @@ import time
 import torch
 
 from megatron_th.config import ConfigError, finalize, parse_config
-from megatron_th.data.embedded import DEFAULT_TOKENIZER, embedded_data_path
-from megatron_th.data.gpt_dataset import BlendedDataset, build_datasets
-from megatron_th.data.loader import PretrainingLoader
+from megatron_th.data.embedded import DEFAULT_TOKENIZER
+from megatron_th.data.gpt_dataset import BlendedDataset
 from megatron_th.data.tokenizer import load_tokenizer, model_vocab_size
 from megatron_th.model.flops import flops_per_iteration
 from megatron_th.model.gpt import GPTModel
@@ -30,6 +29,7 @@ from megatron_th.training.optimizer import MixedPrecisionOptimizer
 from megatron_th.training.resume import data_changes, load_state, save_state, tokenizer_files
 from megatron_th.training.schedules import LRSchedule
 from megatron_th.training.step import Stepper
+from megatron_th.training.tasks import make_task
 from megatron_th.training.wandb_log import open_wandb, run_id
 
 
@@ -55,25 +55,16 @@ def precision(cfg) -> tuple[str, torch.dtype]:
     return "fp32", torch.float32
 
 
-def setup_data(cfg, log=print, resumed: dict | None = None):
-    """(tokenizer, tokenizer spec, {split: dataset}). ``resumed``: the ``--load`` checkpoint's
-    state (iteration, consumed_samples), or None. The train split holds the samples already
-    consumed plus those the remaining iterations take at the current global batch size (Megatron
-    allows changing it on resume); the sample order does not depend on the size (docs/data.md)."""
-    d, t = cfg.data, cfg.train
+def setup_data(cfg, log=print, resumed: dict | None = None, task=None):
+    """(tokenizer, tokenizer spec, {split: dataset}) as the task (training/tasks) builds them.
+    ``resumed``: the ``--load`` checkpoint's state (iteration, consumed_samples), or None (also
+    under --finetune): the train split holds what the remaining iterations take."""
+    d = cfg.data
+    task = task or make_task(cfg)
     tok_path = d.tokenizer_model or DEFAULT_TOKENIZER
     tokenizer = load_tokenizer(tok_path)
     group = host_sync.host_group(getattr(cfg.parallel, "distributed_timeout_minutes", None))  # rank 0 builds
-    data_path = d.data_path or embedded_data_path(log=log, group=group)
-    evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
-    done = resumed or {}
-    n = {"train": int(done.get("consumed_samples", 0))
-         + max(t.train_iters - int(done.get("iteration", 0)), 0) * d.global_batch_size,
-         "valid": t.eval_iters * d.global_batch_size if evals else 0}
-    datasets = build_datasets(data_path, d.split, cfg.model.seq_length, t.seed, n, d.data_cache_path, log=log,
-                              group=group, vocab_size=model_vocab_size(cfg.model, tokenizer),  # ids checked before any step
-                              vocab_name=f"--tokenizer-model {tok_path}" if d.tokenizer_model
-                              else f"the default tokenizer {tok_path}")
+    datasets = task.setup_data(cfg, tokenizer, model_vocab_size(cfg.model, tokenizer), log, resumed, group)
     return tokenizer, tok_path, datasets
 
 
@@ -99,43 +90,43 @@ def check_run_dirs(cfg) -> None:
             raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
 
 
-def make_loader(cfg, dataset, tokenizer, consumed=0, dp_rank=0, dp_size=1):
-    d = cfg.data
-    return PretrainingLoader(dataset, d.global_batch_size, d.micro_batch_size, tokenizer.eod, dp_rank, dp_size,
-                             consumed, d.reset_position_ids, d.reset_attention_mask, d.eod_mask_loss)
-
-
 def evaluate(cfg, model, stepper, dataset, tokenizer) -> dict | None:
-    """Mean loss over the first --eval-iters global batches of the split (the same every time),
-    and per source when the split blends several datasets. None on ranks without the loss."""
+    """The task's evaluation metrics over the first --eval-iters global batches of the split (the
+    same every time), or with --full-validation over every sample of the split once; per source
+    when the split blends several. None on ranks without the loss."""
+    task, groups = stepper.task, stepper.groups
     model.eval()
-    loader = make_loader(cfg, dataset, tokenizer, 0, stepper.groups.dp_rank, stepper.groups.dp)
-    sums = {}
-    for _ in range(cfg.train.eval_iters):
-        ids = list(loader.rank_sample_ids(loader.consumed_samples))
+    if cfg.train.full_validation:
+        group = host_sync.host_group(cfg.parallel.distributed_timeout_minutes)
+        loader = task.full_pass_loader(cfg, dataset, tokenizer, groups.dp_rank, groups.dp, group)
+        batches, names = len(loader), loader.names
+    else:
+        loader = task.loader(cfg, dataset, tokenizer, 0, groups.dp_rank, groups.dp)
+        batches = cfg.train.eval_iters
+        names = dataset.names if isinstance(dataset, BlendedDataset) else None
+    sources = [n.split(":")[0] for n in names] if names else ["all"]
+    sums = None  # [source, k] on the device: summed over DP with one all-reduce
+    for _ in range(batches):
+        ids = torch.tensor([max(i, 0) for i in loader.rank_sample_ids(loader.consumed_samples)])
         stats = stepper.eval(loader.next_global_batch())
         if stats is None:
             continue
-        for sid, (loss, ntok) in zip(ids, stats.cpu().tolist()):
-            src = dataset.names[dataset.source(sid)].split(":")[0] if isinstance(dataset, BlendedDataset) else "all"
-            acc = sums.setdefault(src, [0.0, 0.0])
-            acc[0] += loss
-            acc[1] += ntok
+        src = torch.tensor([loader.source(int(i)) for i in ids]) if names else torch.zeros(len(ids), dtype=torch.long)
+        if sums is None:
+            sums = torch.zeros(len(sources), stats.shape[1], dtype=torch.float64, device=stats.device)
+        sums.index_add_(0, src.to(stats.device), stats.double())
     model.train()
-    if stepper.groups.dp > 1:  # every DP rank evaluated its slice of each batch
-        parts = [None] * stepper.groups.dp
-        torch.distributed.all_gather_object(parts, sums, group=stepper.groups.dp_group)
-        sums = {}
-        for part in parts:
-            for k, (a, b) in part.items():
-                acc = sums.setdefault(k, [0.0, 0.0])
-                acc[0] += a
-                acc[1] += b
-    if not sums:
+    if sums is None:
         return None
-    total = sum(v[0] for v in sums.values()) / max(sum(v[1] for v in sums.values()), 1.0)
-    per = {k: v[0] / max(v[1], 1.0) for k, v in sorted(sums.items())} if len(sums) > 1 else {}
-    return {"lm_loss": total, "ppl": math.exp(min(total, 50.0)), "per_source": per}
+    if groups.dp > 1:  # every DP rank evaluated its slice of each batch
+        comm.all_reduce(sums, groups.dp_group)
+    rows = sums.cpu().tolist()
+    total = [sum(col) for col in zip(*rows)]
+    out = task.eval_metrics(total)
+    first = next(iter(out))  # the headline metric (lm_loss, or the task's loss)
+    out["per_source"] = ({k: task.eval_metrics(r)[first] for k, r in sorted(zip(sources, rows))}
+                         if len(sources) > 1 else {})
+    return out
 
 
 def make_grad_buffers(cfg, named, groups) -> GradBuffers:
@@ -147,11 +138,24 @@ def make_grad_buffers(cfg, named, groups) -> GradBuffers:
                        p.overlap_grad_reduce, deferred)
 
 
+def skip_train(cfg, model, stepper, datasets, tokenizer, metrics, state, groups, log) -> dict:
+    """--skip-train: evaluate the valid split once (at the loaded iteration) and stop."""
+    if datasets.get("valid") is None:
+        raise ConfigError(f"--skip-train: --split {cfg.data.split} leaves no valid split to evaluate")
+    ev = evaluate(cfg, model, stepper, datasets["valid"], tokenizer)
+    if ev is not None:
+        metrics.eval(dict(ev, iteration=state["iteration"], consumed_samples=state["consumed_samples"]))
+    metrics.close()
+    return {"state": state, "losses": [], "grad_norms": [], "checkpoint": None, "model": model, "groups": groups,
+            "eval": ev}
+
+
 def pretrain(cfg, log=print) -> dict:
     """Runs training as configured; returns a summary (final state, last losses)."""
     rank, world, device = init_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
     reader = apply_checkpoint_args(cfg, log if rank == 0 else (lambda *a, **k: None))
     finalize(cfg, world)
+    task = make_task(cfg)
     p = cfg.parallel
     groups = ParallelGroups.build(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                                   timeout=datetime.timedelta(minutes=p.distributed_timeout_minutes))
@@ -173,7 +177,8 @@ def pretrain(cfg, log=print) -> dict:
     host_sync.run_on_rank0(lambda: check_run_dirs(cfg), host_sync.host_group(p.distributed_timeout_minutes),
                            shared=(ConfigError,))
     # the checkpoint's state sizes the train split (read here, restored with the tensors below)
-    tokenizer, tok_path, datasets = setup_data(cfg, log, reader.meta.get("state") if reader is not None else None)
+    resumed = reader.meta.get("state") if reader is not None and not t.finetune else None
+    tokenizer, tok_path, datasets = setup_data(cfg, log, resumed, task)
     tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
     vocab = model_vocab_size(m, tokenizer)
     core = build_chunks(cfg, vocab, groups, device, dtype)
@@ -182,7 +187,7 @@ def pretrain(cfg, log=print) -> dict:
     tied = not m.untie_embeddings_and_output_weights
     buffers = make_grad_buffers(cfg, named, groups)
     stepper = Stepper(runners, groups, cfg, dtype, device, trace=bool(t.pipeline_trace_dir), buffers=buffers,
-                      finalize=lambda: finalize_grads(named, groups, tied))
+                      finalize=lambda: finalize_grads(named, groups, tied), task=task)
     optimizer = MixedPrecisionOptimizer(named, o, buffers)
     optimizer.norm_weight = norm_weights(named, groups)
     optimizer.reduce_sq_norm = sq_norm_reducer(groups, zero1=p.use_distributed_optimizer)
@@ -193,6 +198,10 @@ def pretrain(cfg, log=print) -> dict:
     # both by broadcast
     if t.load and reader is None:
         log(f"note: --load {t.load} holds no complete checkpoint yet; starting from scratch")
+    elif reader is not None and t.finetune:
+        load_state(reader, core, optimizer, groups, weights_only=True)
+        log(f"--finetune: weights of {reader.path} (iteration {reader.meta.get('iteration')}); iteration, "
+            f"optimizer and data start fresh")
     elif reader is not None:
         state.update(load_state(reader, core, optimizer, groups))
         log(f"resumed from {reader.path} at iteration {state['iteration']} "
@@ -208,14 +217,17 @@ def pretrain(cfg, log=print) -> dict:
         nparams = sum(p_.numel() for p_ in GPTModel(cfg.model, vocab).parameters())
     log(f"model: {nparams / 1e6:.2f}M parameters, vocab {vocab} (padded "
         f"{core.padded_vocab_size}), {prec} on {device}, TP {groups.tp} PP {groups.pp} DP {groups.dp}")
-    loader = make_loader(cfg, datasets["train"], tokenizer, state["consumed_samples"], groups.dp_rank, groups.dp)
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
     wb = open_wandb(t, cfg.to_dict(), wandb_id, t.save and os.path.join(t.save, "wandb"), log) if is_logger else None
-    metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir, wandb=wb)
+    metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir, wandb=wb, extra=task.record)
+    if t.skip_train:
+        return skip_train(cfg, core, stepper, datasets, tokenizer, metrics, state, groups, log)
+    loader = task.loader(cfg, datasets["train"], tokenizer, state["consumed_samples"], groups.dp_rank, groups.dp)
     flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, vocab) / world  # per device
     peak = peak_tflops(prec, device.type, t.peak_tflops, tf32) if is_logger else None  # only the logger uses it
     consecutive_skips, losses, gnorms, last_save, pending = 0, [], [], None, None
     window = {"loss": 0.0, "time": 0.0, "iters": 0, "gnorm": 0.0, "comm": 0.0}
+    task_window = {}  # the task's metrics (train_metrics), summed over the log interval
     model = core
     model.train()
     while state["iteration"] < t.train_iters:
@@ -224,8 +236,8 @@ def pretrain(cfg, log=print) -> dict:
         it = state["iteration"] + 1
         micro = loader.next_global_batch()
         ntok = stepper.num_tokens(micro)
-        loss_sum = stepper.train(micro, max(ntok, 1.0), optimizer.loss_scale)
-        loss = float(loss_sum) / max(ntok, 1.0)
+        stats = stepper.train(micro, max(ntok, 1.0), optimizer.loss_scale).cpu().tolist()
+        loss = stats[0] / max(ntok, 1.0)
         lr = schedule.lr_at(it)
         if math.isfinite(loss):
             stepped, gnorm = optimizer.step(lr)
@@ -247,6 +259,8 @@ def pretrain(cfg, log=print) -> dict:
         gnorms.append(gnorm)
         dt = time.perf_counter() - t0
         window["loss"] += loss if math.isfinite(loss) else 0.0
+        for k, v in (task.train_metrics(stats, max(ntok, 1.0)) if math.isfinite(loss) else {}).items():
+            task_window[k] = task_window.get(k, 0.0) + v
         window["gnorm"] += gnorm if math.isfinite(gnorm) else 0.0
         window["time"] += dt
         window["iters"] += 1
@@ -257,13 +271,14 @@ def pretrain(cfg, log=print) -> dict:
             tflops = n * flops / window["time"] / 1e12
             rec = {"iteration": it, "consumed_samples": state["consumed_samples"],
                    "consumed_tokens": state["consumed_samples"] * m.seq_length, "lm_loss": window["loss"] / n,
+                   **{k: v / n for k, v in task_window.items()},
                    "grad_norm": window["gnorm"] / n, "lr": lr, "loss_scale": optimizer.loss_scale,
                    "skipped_iters": state["skipped_iters"], "tokens_per_sec": tps, "tflops": tflops,
                    "mfu": tflops / peak.tflops if peak else None, "peak_tflops": peak and peak.tflops,
                    "peak_source": peak and peak.source, "step_time": window["time"] / n,
                    "comm_bytes_per_step": window["comm"] / n}
             metrics.train(rec, (t.train_iters - it) * window["time"] / n)
-            window = dict.fromkeys(window, 0.0)
+            window, task_window = dict.fromkeys(window, 0.0), {}
         if t.eval_interval and datasets.get("valid") is not None and (it % t.eval_interval == 0 or it == t.train_iters):
             ev = evaluate(cfg, model, stepper, datasets["valid"], tokenizer)
             if ev is not None:

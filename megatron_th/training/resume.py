@@ -278,29 +278,35 @@ def data_changes(saved_config: dict, cfg) -> list[str]:
     return out
 
 
-def load_state(reader: CheckpointReader, model, optimizer, groups=None) -> dict:
+def load_state(reader: CheckpointReader, model, optimizer, groups=None, weights_only: bool = False) -> dict:
     """Restores model, optimizer (if saved) and, at the same layout, RNG; returns the saved state.
 
     Across precisions the most precise weights win: parameters and fp32 masters come from the
     checkpoint's masters when it has them (a 16-bit run), else from its weights (an fp32 run, or
-    weights only); the loss scaler is restored only between fp16 runs (a fresh one otherwise)."""
+    weights only); the loss scaler is restored only between fp16 runs (a fresh one otherwise).
+    ``weights_only`` (--finetune): only the weights (and fp32 masters from the most precise of
+    them); the optimizer's moments, step and scaler, the RNG and the state start fresh ({})."""
     groups = groups or _Single()
     load_model(reader, model, groups)
     if optimizer is not None:
         params = dict(model.named_parameters())
         tensors = {}
         for key, pname in optimizer.state_keys():
+            if weights_only and not key.startswith("optim.master."):
+                continue
             if key in reader.tensors:
                 tensors[key] = _read_local(reader, key, params[pname], groups)
             elif key.startswith("optim.master."):  # weights-only checkpoint: masters from the saved
                 tensors[key] = _read_local(reader, pname, params[pname], groups)  # weights, full precision
         fresh = {"step": 0, "loss_scaler": optimizer.scaler.state_dict()}
-        meta = reader.meta.get("optimizer", fresh)
+        meta = fresh if weights_only else reader.meta.get("optimizer", fresh)
         saved_fp16 = reader.meta.get("config", {}).get("optim", {}).get("fp16")
         if saved_fp16 is not None and bool(saved_fp16) != optimizer.scaler.dynamic:
             # fp16 <-> bf16/fp32: a dynamic loss scale means nothing to the other precision
             meta = dict(meta, loss_scaler=fresh["loss_scaler"])
         optimizer.load_state(tensors, meta)
+    if weights_only:
+        return {}
     same_layout = reader.meta.get("layout") == {"tp": groups.tp, "pp": groups.pp, "dp": groups.dp}
     r = groups.rank
     if same_layout and f"rng.{r}.cpu" in reader.tensors:

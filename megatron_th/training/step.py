@@ -1,8 +1,9 @@
 """One optimizer step's forward and backward over the micro-batches (no pipelining).
 
-The loss is the mean per-token loss over the WHOLE global batch: every micro-batch's summed loss
-is divided by the global count of loss tokens before backward, so gradients do not depend on how
-the batch is split into micro-batches or data-parallel ranks. Pipeline schedules replace this.
+The loss is the task's (training/tasks) summed micro-batch loss divided by the global batch's
+normalizer (for language modelling the count of loss tokens) before backward, so gradients do not
+depend on how the batch is split into micro-batches or data-parallel ranks. Pipeline schedules
+replace the loop over micro-batches (parallel/pipeline.py) with the same task calls.
 """
 from __future__ import annotations
 
@@ -27,30 +28,31 @@ def model_inputs(mb: dict, device) -> dict:
     return out
 
 
-def count_loss_tokens(micro_batches: list[dict]) -> torch.Tensor:
-    return sum(mb["loss_mask"].sum(dtype=torch.float64) for mb in micro_batches)
+def _default_task():
+    from megatron_th.training.tasks.lm import LanguageModelTask
+    return LanguageModelTask(None)
 
 
-def forward_backward(model, micro_batches: list[dict], num_tokens: float, loss_scale: float, device) -> torch.Tensor:
-    """Runs forward+backward on every micro-batch; returns the summed (unscaled) masked loss."""
-    total = torch.zeros((), dtype=torch.float64, device=device)
+def forward_backward(model, micro_batches: list[dict], num_tokens: float, loss_scale: float, device,
+                     task=None) -> torch.Tensor:
+    """Runs forward+backward on every micro-batch; returns the summed task statistics (float64
+    [k]; element 0 the summed unscaled loss). ``num_tokens``: the global normalizer."""
+    task = task or _default_task()
+    total = None
     for mb in micro_batches:
         per_token = model(**model_inputs(mb, device))
-        loss = (per_token * mb["loss_mask"].to(device)).sum()
+        loss, stats = task.loss(per_token, mb)
         (loss * (loss_scale / num_tokens)).backward()
-        total += loss.detach().double()
+        total = stats if total is None else total + stats
     return total
 
 
 @torch.no_grad()
-def forward_only(model, micro_batches: list[dict], device) -> list[torch.Tensor]:
-    """Per-sample (summed loss, loss tokens) for evaluation: list of [mbs, 2] tensors."""
-    out = []
-    for mb in micro_batches:
-        per_token = model(**model_inputs(mb, device)).double()
-        mask = mb["loss_mask"].to(device).double()
-        out.append(torch.stack([(per_token * mask).sum(1), mask.sum(1)], dim=1))
-    return out
+def forward_only(model, micro_batches: list[dict], device, task=None) -> list[torch.Tensor]:
+    """Per-sample evaluation statistics (task.eval_stats; language modelling: summed loss, loss
+    tokens): list of [mbs, k] tensors."""
+    task = task or _default_task()
+    return [task.eval_stats(model(**model_inputs(mb, device)), mb) for mb in micro_batches]
 
 
 class Stepper:
@@ -58,9 +60,11 @@ class Stepper:
     without pipelining, else the 1F1B / interleaved 1F1B pipeline. Returns the global batch's
     summed masked loss on every rank."""
 
-    def __init__(self, chunks, groups, cfg, dtype, device, trace: bool = False, buffers=None, finalize=None):
+    def __init__(self, chunks, groups, cfg, dtype, device, trace: bool = False, buffers=None, finalize=None,
+                 task=None):
         self.chunks, self.groups, self.device = chunks, groups, device
         self.buffers, self.finalize = buffers, finalize
+        self.task = task or _default_task()
         self.pipe = None
         if groups.pp > 1:
             from megatron_th.parallel.pipeline import PipelineRunner
@@ -68,24 +72,26 @@ class Stepper:
             m = cfg.model
             sp = cfg.parallel.sequence_parallel and groups.tp > 1
             shape = (cfg.data.micro_batch_size, m.seq_length // groups.tp if sp else m.seq_length, m.hidden_size)
-            self.pipe = PipelineRunner(chunks, groups, shape, dtype, device, trace)
+            self.pipe = PipelineRunner(chunks, groups, shape, dtype, device, trace, task=self.task)
 
     def num_tokens(self, micro_batches) -> float:
-        """Loss tokens of the whole global batch (all DP ranks)."""
+        """The global batch's normalizer (all DP ranks): the sum of task.normalizer over every
+        micro-batch (language modelling: loss tokens)."""
         from megatron_th.parallel import comm
 
-        n = count_loss_tokens(micro_batches).reshape(1).to(self.device)
+        n = torch.tensor([sum(self.task.normalizer(mb) for mb in micro_batches)], dtype=torch.float64,
+                         device=self.device)
         return float(comm.all_reduce(n, self.groups.dp_group)[0])
 
     def train(self, micro_batches, num_tokens: float, loss_scale: float) -> torch.Tensor:
         """Forward+backward of this rank's micro-batches, then the gradient reductions; returns the
-        global batch's summed masked loss (every rank)."""
+        global batch's summed task statistics (float64 [k], element 0 the summed loss; every rank)."""
         from megatron_th.parallel import comm
 
         if self.buffers is not None:
             self.buffers.start_step(len(micro_batches))
         if self.pipe is None:
-            total = forward_backward(self.chunks[0], micro_batches, num_tokens, loss_scale, self.device)
+            total = forward_backward(self.chunks[0], micro_batches, num_tokens, loss_scale, self.device, self.task)
         else:
             total, _ = self.pipe.run(micro_batches, num_tokens, loss_scale)
             total = comm.all_reduce(total, self.groups.pp_group)
@@ -96,8 +102,8 @@ class Stepper:
         return comm.all_reduce(total, self.groups.dp_group)
 
     def eval(self, micro_batches) -> torch.Tensor | None:
-        """Per-sample [n, 2] (loss sum, loss tokens) on the last stage; None elsewhere."""
+        """Per-sample [n, k] task evaluation statistics on the last stage; None elsewhere."""
         if self.pipe is None:
-            return torch.cat(forward_only(self.chunks[0], micro_batches, self.device))
+            return torch.cat(forward_only(self.chunks[0], micro_batches, self.device, self.task))
         _, stats = self.pipe.run(micro_batches, 1.0, 1.0, forward_only=True)
         return torch.cat(stats) if stats else None
