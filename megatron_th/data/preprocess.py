@@ -18,6 +18,7 @@ import multiprocessing as mp
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from itertools import islice
 
 from megatron_th.data import readers
@@ -39,12 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentencepiece .model file, or hf:<dir> for a Hugging Face tokenizer")
     p.add_argument("--output-prefix", required=True, help="output path prefix")
     p.add_argument("--append-eod", action="store_true", help="append the EOD (EOS) token to every document")
+    add_run_arguments(p, "documents")
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser, items: str) -> None:
+    """The flags every preprocessing tool shares: --workers, --chunk-size (``items`` per task),
+    --strict, --show-errors, --quiet."""
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (1 = in this process)")
-    p.add_argument("--chunk-size", type=int, default=64, help="documents per task sent to a worker")
+    p.add_argument("--chunk-size", type=int, default=64, help=f"{items} per task sent to a worker")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     p.add_argument("--show-errors", type=int, default=5, help="how many bad records to report individually")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    return p
 
 
 _TOK = None
@@ -84,12 +91,16 @@ def _encode_chunk(chunk):
 BadInput = readers.BadRecord
 
 
-class _Reader:
-    """Every record in chunks, in order; record-level errors travel as ``{"*": (reason, detail)}``
-    so that all decisions (and the --strict error) happen in input order after encoding."""
+class RecordReader:
+    """Every record of ``paths`` in chunks of ``chunk_size``, in order, as ``(where, payload, bad)``;
+    record-level errors travel as ``bad = {"*": (reason, detail)}`` (payload ``{}``) so that all
+    decisions (and the --strict error) happen in input order after encoding. ``payload`` is
+    ``{key: text}`` for ``keys``, or the record's whole object with ``keys=None`` (chat records,
+    megatron_th/data/preprocess_sft.py). Counts ``docs_read`` and ``blank_lines`` into ``summary``;
+    ``bytes_done`` is the input consumed so far (for the progress bar)."""
 
-    def __init__(self, args, paths, summary: Counter, rejects: readers.Rejects):
-        self.args, self.paths, self.summary, self.rejects = args, paths, summary, rejects
+    def __init__(self, paths, keys, chunk_size: int, summary: Counter, rejects: readers.Rejects):
+        self.paths, self.keys, self.chunk_size, self.summary, self.rejects = paths, keys, chunk_size, summary, rejects
         self.bytes_done = 0
         self._file_start = {}
         start = 0
@@ -98,7 +109,7 @@ class _Reader:
             start += readers.input_bytes([p])
 
     def records(self):
-        for rec in readers.iter_records(self.paths, self.args.json_keys):
+        for rec in readers.iter_records(self.paths, self.keys):
             self.bytes_done = self._file_start[rec.path] + rec.pos
             if rec.blank:
                 self.summary["blank_lines"] += 1
@@ -108,15 +119,62 @@ class _Reader:
             if rec.error:
                 yield rec.where, {}, {"*": (rec.error, rec.detail)}
             else:
-                yield rec.where, rec.values, rec.bad
+                yield rec.where, (rec.obj if self.keys is None else rec.values), rec.bad
 
     def chunks(self):
         it = self.records()
         while True:
-            chunk = list(islice(it, self.args.chunk_size))
+            chunk = list(islice(it, self.chunk_size))
             if not chunk:
                 return
             yield chunk
+
+
+@contextmanager
+def worker_map(workers: int, init, initarg):
+    """A ``map(func, chunks)`` giving results in input order: in ``workers`` spawned processes, each
+    set up once by ``init(initarg)``, or in this process (``init`` called here) when ``workers`` is 1.
+    The pool is terminated when the block ends."""
+    if workers > 1:
+        pool = mp.get_context("spawn").Pool(workers, init, (initarg,))
+        try:
+            yield lambda func, chunks: pool.imap(func, chunks, chunksize=1)
+        finally:
+            pool.terminate()
+    else:
+        init(initarg)
+        yield map
+
+
+def write_datasets(reader: RecordReader, builders: list, pool: tuple, encode_chunk, write_record, desc: str,
+                   postfix, nothing_written, quiet: bool = False) -> None:
+    """The conversion loop shared by the preprocessing tools.
+
+    Encodes ``reader``'s chunks with ``encode_chunk`` through ``worker_map(*pool)`` (``pool`` =
+    ``(workers, init, initarg)``), hands each ``(where, result)`` to ``write_record`` in input order,
+    and shows the bytes read (a ``progress_bar`` called ``desc``, its postfix from ``postfix()``)
+    unless ``quiet``. Then ``nothing_written()`` (an error message, or None) decides: a message is
+    raised as BadInput, otherwise every ``IndexedDatasetBuilder`` in ``builders`` is finalized (each
+    renamed into place). Any error discards all of them, so no partial dataset is left."""
+    progress = progress_bar(readers.input_bytes(reader.paths), desc, unit="B", unit_scale=True, disable=quiet)
+    try:
+        with worker_map(*pool) as pmap:
+            for chunk in pmap(encode_chunk, reader.chunks()):
+                for where, res in chunk:
+                    write_record(where, res)
+                progress.set_postfix_str(postfix(), refresh=False)
+                progress.update(reader.bytes_done - progress.n)
+        error = nothing_written()
+        if error:
+            raise BadInput(error)
+        for b in builders:
+            b.finalize()
+    except BaseException:
+        for b in builders:
+            b.discard()
+        raise
+    finally:
+        progress.close()
 
 
 def _decide(args, where: str, res: dict, rejects: readers.Rejects, summary: Counter):
@@ -159,45 +217,25 @@ def run(args, log=_log) -> Counter:
     dtype = best_token_dtype(tok.vocab_size)
     summary: Counter = Counter()
     rejects = readers.Rejects(summary, args.strict, args.show_errors, log)
-    reader = _Reader(args, paths, summary, rejects)
-    total_bytes = readers.input_bytes(paths)
-    progress = progress_bar(total_bytes, "tokenizing", unit="B", unit_scale=True, disable=args.quiet)
+    reader = RecordReader(paths, args.json_keys, args.chunk_size, summary, rejects)
     builders = {k: IndexedDatasetBuilder(f"{args.output_prefix}_{k}_document", dtype) for k in args.json_keys}
-    pool = None
-    try:
-        if args.workers > 1:
-            pool = mp.get_context("spawn").Pool(args.workers, _init_worker, (args.tokenizer_model,))
-            encoded = pool.imap(_encode_chunk, reader.chunks(), chunksize=1)
-        else:
-            _init_worker(args.tokenizer_model)
-            encoded = map(_encode_chunk, reader.chunks())
-        for chunk in encoded:
-            for where, res in chunk:
-                doc = _decide(args, where, res, rejects, summary)
-                if doc is None:
-                    continue
-                summary["records_written"] += 1
-                for k, ids in doc.items():
-                    if args.append_eod:
-                        ids = ids + [tok.eod]
-                    builders[k].add_document(ids)
-                    summary["tokens"] += len(ids)
-                    summary[f"docs_written_{k}"] += 1
-            progress.set_postfix_str(f"docs {summary['docs_read']}, tokens {format_sizeof(summary['tokens'])}",
-                                     refresh=False)
-            progress.update(reader.bytes_done - progress.n)
-        if not summary["records_written"]:
-            raise BadInput(_nothing_written(args, summary, rejects))
-        for b in builders.values():
-            b.finalize()
-    except BaseException:
-        for b in builders.values():
-            b.discard()
-        raise
-    finally:
-        if pool is not None:
-            pool.terminate()
-        progress.close()
+
+    def write_record(where, res):
+        doc = _decide(args, where, res, rejects, summary)
+        if doc is None:
+            return
+        summary["records_written"] += 1
+        for k, ids in doc.items():
+            if args.append_eod:
+                ids = ids + [tok.eod]
+            builders[k].add_document(ids)
+            summary["tokens"] += len(ids)
+            summary[f"docs_written_{k}"] += 1
+
+    write_datasets(reader, list(builders.values()), (args.workers, _init_worker, args.tokenizer_model), _encode_chunk,
+                   write_record, "tokenizing",
+                   lambda: f"docs {summary['docs_read']}, tokens {format_sizeof(summary['tokens'])}",
+                   lambda: None if summary["records_written"] else _nothing_written(args, summary, rejects), args.quiet)
     summary["seconds"] = time.monotonic() - t0
     _print_summary(args, summary, log)
     return summary

@@ -13,7 +13,9 @@ for a file without any ``\\n``), as an editor shows them. What cannot be read co
 rejected record with one of ``REASONS``: a line that is not valid in the file's encoding, a value
 with a lone UTF-16 surrogate (valid JSON, ``"\\ud83d"``, but not Unicode text: no tokenizer or
 UTF-8 file can hold it), malformed JSON, a non-object, a missing key or a non-string value.
-Blank lines are not records (``Record.blank``).
+Blank lines are not records (``Record.blank``). With ``keys=None`` a record keeps the whole decoded
+object in ``Record.obj`` instead (chat records, whose values are lists of messages), and only a
+non-object is rejected here; the caller checks the shape.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ class Record:
 
     ``error``/``detail``: the whole record is unreadable (one of ``REASONS``). Otherwise
     ``values`` holds each readable key's text and ``bad`` maps each unreadable key to
-    ``(reason, detail)``; ``keys_seen`` are the object's keys (for "wrong --json-keys" errors)."""
+    ``(reason, detail)``; ``keys_seen`` are the object's keys (for "wrong --json-keys" errors).
+    ``obj``: the decoded object itself when the records were read with ``keys=None``."""
     path: str
     line: int                    # 1-based line (jsonl) or row (parquet)
     values: dict = field(default_factory=dict)
@@ -60,6 +63,7 @@ class Record:
     pos: int = 0                 # bytes of this (possibly compressed) file consumed so far
     blank: bool = False
     keys_seen: tuple = ()
+    obj: object = None
 
     @property
     def where(self) -> str:
@@ -90,6 +94,9 @@ def _check(rec: Record, obj, keys, surrogates_possible: bool = True) -> Record:
         rec.error, rec.detail = NOT_OBJECT, type(obj).__name__
         return rec
     rec.keys_seen = tuple(obj)
+    if keys is None:
+        rec.obj = obj
+        return rec
     for k in keys:
         if k not in obj:
             rec.bad[k] = (MISSING_KEY, k)
@@ -196,6 +203,9 @@ def _iter_parquet(path: str, keys) -> Iterator[Record]:
         raise ImportError(f"{path}: reading parquet needs pyarrow (`pip install pyarrow`)") from e
     pf = pq.ParquetFile(path)
     names = tuple(pf.schema_arrow.names)
+    if keys is None:
+        yield from _parquet_objects(path, pf, names)
+        return
     present = [k for k in keys if k in names]
     row, size, nrows = 0, os.path.getsize(path), max(pf.metadata.num_rows, 1)
     for batch in pf.iter_batches(columns=present) if present else ():
@@ -212,8 +222,19 @@ def _iter_parquet(path: str, keys) -> Iterator[Record]:
                          pos=size * row // nrows)
 
 
+def _parquet_objects(path: str, pf, names: tuple) -> Iterator[Record]:
+    """Every row as a whole object (``keys=None``): nested columns (a list of structs) become lists
+    of dicts, as ``pyarrow.RecordBatch.to_pylist`` gives them."""
+    row, size, nrows = 0, os.path.getsize(path), max(pf.metadata.num_rows, 1)
+    for batch in pf.iter_batches():
+        for obj in batch.to_pylist():
+            row += 1
+            yield _check(Record(path, row, pos=size * row // nrows), obj, None)
+
+
 def iter_records(paths: list[str], keys=("text",)) -> Iterator[Record]:
-    """All records of all files, in input order (blank lines included, marked ``blank``)."""
+    """All records of all files, in input order (blank lines included, marked ``blank``).
+    ``keys=None``: each record's whole object in ``Record.obj`` (see the module docstring)."""
     for p in paths:
         yield from (_iter_parquet(p, keys) if p.endswith(".parquet") else _iter_jsonl(p, keys))
 
