@@ -151,6 +151,15 @@ class TrainConfig:
                                              "(Megatron's --calculate-per-token-loss; independent of the micro-batch, "
                                              "accumulation and DP split); conversation = mean per conversation, then "
                                              "over conversations.", choices=["token", "conversation"])
+    dpo: bool = F(False, "Direct preference optimisation on tools/preprocess_dpo.py output (--data-path PREFIX) "
+                         "with the reference's log-probabilities from --ref-logps; dropout is forced to 0.")
+    ref_logps: Optional[str] = F(None, "DPO: the reference log-probabilities file of tools/compute_ref_logps.py "
+                                       "(refused when the data or the --finetune checkpoint differ from its own).")
+    dpo_loss: str = F("sigmoid", "DPO loss: sigmoid (DPO), ipo (per-token averaged IPO), hinge (SLiC).",
+                      choices=["sigmoid", "ipo", "hinge"])
+    dpo_beta: float = F(0.1, "DPO beta (TRL's beta).")
+    dpo_label_smoothing: float = F(0.0, "Conservative DPO: the probability eps that a label is flipped (sigmoid loss).")
+    dpo_sft_weight: float = F(0.0, "Adds this x the mean NLL of the chosen completion tokens (RPO; TRL's rpo_alpha).")
     skip_train: bool = F(False, "Evaluate only (no train split needed: --split 0,100,0 works).")
     full_validation: bool = F(False, "Each evaluation visits every sample of the valid split exactly once (the last "
                                      "batch padded, padding excluded from the loss) instead of --eval-iters batches.")
@@ -411,6 +420,9 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
     need(o.lr_decay_iters >= o.lr_warmup_iters,
          f"--lr-warmup-iters {o.lr_warmup_iters} exceeds --lr-decay-iters {o.lr_decay_iters}")
     need(t.train_iters >= 0, "--train-iters must be >= 0")
+    need(not (t.sft and t.dpo), "--sft and --dpo are mutually exclusive")
+    need(t.dpo_beta > 0, f"--dpo-beta {t.dpo_beta} must be positive")
+    need(0.0 <= t.dpo_label_smoothing < 0.5, f"--dpo-label-smoothing {t.dpo_label_smoothing} must be in [0, 0.5)")
     need(t.log_interval > 0, "--log-interval must be positive")
     for name in ("save_interval", "eval_interval", "keep_last"):
         val = getattr(t, name)

@@ -65,7 +65,7 @@ def parallelize(model, groups, cfg, seed: int, sequence_parallel: bool = False, 
         pre = f"layers.{lname}."
         attn, mlp = layer.self_attention, layer.mlp
         for mod, attr, kind, chunks in ((attn, "linear_qkv", "col", 1), (attn, "linear_proj", "row", 1),
-                                        (mlp, "linear_fc1", "col", 2 if cfg.swiglu else 1), (mlp, "linear_fc2", "row", 1)):
+                                        (mlp, "linear_fc1", "col", 2 if cfg.gated_linear_unit else 1), (mlp, "linear_fc2", "row", 1)):
             base = f"{pre}{'self_attention' if mod is attn else 'mlp'}.{attr}"
             has_bias = getattr(mod, attr).bias is not None
             if kind == "col":

@@ -198,7 +198,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._write(rec)
-        print(f"iter {rec['iteration']}/{self.train_iters} | loss {rec['lm_loss']:.3f} | lr {rec['lr']:.2e} | "
+        print(f"iter {rec['iteration']}/{self.train_iters} | loss {rec.get('lm_loss', rec.get('loss')):.3f} | "
+              f"lr {rec['lr']:.2e} | "
               f"gnorm {rec['grad_norm']:.2f} | {_k(rec['tokens_per_sec'])} tok/s | "
               f"{rec['tflops']:.2f} TFLOP/s | " + _mfu(rec)
               + (f"scale {rec['loss_scale']:.0f} | " if rec.get("loss_scale", 1.0) != 1.0 else "")
@@ -210,5 +211,8 @@ class MetricsLogger:
             return
         self._write(dict(rec, split=rec.get("split", "valid")))
         per = "".join(f" | {k} {v:.3f}" for k, v in rec.get("per_source", {}).items())
-        print(f"eval iter {rec['iteration']} | {rec.get('split', 'valid')} loss {rec['lm_loss']:.3f} | "
-              f"ppl {rec['ppl']:.2f}{per}", flush=True)
+        extra = (f" | ppl {rec['ppl']:.2f}" if "ppl" in rec else
+                 f" | accuracy {rec['rewards/accuracies']:.3f}" if "rewards/accuracies" in rec else "")
+        head = rec.get("lm_loss", rec.get("loss"))
+        loss = f" loss {head:.3f}" if head is not None else ""
+        print(f"eval iter {rec['iteration']} | {rec.get('split', 'valid')}{loss}{extra}{per}", flush=True)

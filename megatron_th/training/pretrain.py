@@ -106,6 +106,7 @@ def evaluate(cfg, model, stepper, dataset, tokenizer) -> dict | None:
         names = dataset.names if isinstance(dataset, BlendedDataset) else None
     sources = [n.split(":")[0] for n in names] if names else ["all"]
     sums = None  # [source, k] on the device: summed over DP with one all-reduce
+    rows = [] if getattr(task, "keep_rows", False) else None  # per-sample statistics, gathered over DP
     for _ in range(batches):
         ids = torch.tensor([max(i, 0) for i in loader.rank_sample_ids(loader.consumed_samples)])
         stats = stepper.eval(loader.next_global_batch())
@@ -115,17 +116,20 @@ def evaluate(cfg, model, stepper, dataset, tokenizer) -> dict | None:
         if sums is None:
             sums = torch.zeros(len(sources), stats.shape[1], dtype=torch.float64, device=stats.device)
         sums.index_add_(0, src.to(stats.device), stats.double())
+        if rows is not None:
+            rows.append(comm.all_gather(stats.double().contiguous(), groups.dp_group).cpu())
     model.train()
     if sums is None:
         return None
     if groups.dp > 1:  # every DP rank evaluated its slice of each batch
         comm.all_reduce(sums, groups.dp_group)
-    rows = sums.cpu().tolist()
-    total = [sum(col) for col in zip(*rows)]
-    out = task.eval_metrics(total)
+    per = sums.cpu().tolist()
+    out = task.eval_metrics([sum(col) for col in zip(*per)])
     first = next(iter(out))  # the headline metric (lm_loss, or the task's loss)
-    out["per_source"] = ({k: task.eval_metrics(r)[first] for k, r in sorted(zip(sources, rows))}
+    out["per_source"] = ({k: task.eval_metrics(r)[first] for k, r in sorted(zip(sources, per))}
                          if len(sources) > 1 else {})
+    if rows is not None:
+        out["rows"] = torch.cat(rows)
     return out
 
 
@@ -144,18 +148,20 @@ def skip_train(cfg, model, stepper, datasets, tokenizer, metrics, state, groups,
         raise ConfigError(f"--skip-train: --split {cfg.data.split} leaves no valid split to evaluate")
     ev = evaluate(cfg, model, stepper, datasets["valid"], tokenizer)
     if ev is not None:
-        metrics.eval(dict(ev, iteration=state["iteration"], consumed_samples=state["consumed_samples"]))
+        record = {k: v for k, v in ev.items() if k != "rows"}  # rows: the reference pass's per-pair tensor
+        metrics.eval(dict(record, iteration=state["iteration"], consumed_samples=state["consumed_samples"]))
     metrics.close()
     return {"state": state, "losses": [], "grad_norms": [], "checkpoint": None, "model": model, "groups": groups,
             "eval": ev}
 
 
-def pretrain(cfg, log=print) -> dict:
-    """Runs training as configured; returns a summary (final state, last losses)."""
+def pretrain(cfg, log=print, task=None) -> dict:
+    """Runs training as configured; returns a summary (final state, last losses). ``task``: the
+    objective (training/tasks), default the one ``cfg`` names (make_task)."""
     rank, world, device = init_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
     reader = apply_checkpoint_args(cfg, log if rank == 0 else (lambda *a, **k: None))
     finalize(cfg, world)
-    task = make_task(cfg)
+    task = task or make_task(cfg)
     p = cfg.parallel
     groups = ParallelGroups.build(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                                   timeout=datetime.timedelta(minutes=p.distributed_timeout_minutes))
@@ -178,6 +184,7 @@ def pretrain(cfg, log=print) -> dict:
                            shared=(ConfigError,))
     # the checkpoint's state sizes the train split (read here, restored with the tensors below)
     resumed = reader.meta.get("state") if reader is not None and not t.finetune else None
+    task.load_meta = reader.meta if reader is not None and t.finetune else None  # what --finetune starts from
     tokenizer, tok_path, datasets = setup_data(cfg, log, resumed, task)
     tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
     vocab = model_vocab_size(m, tokenizer)
@@ -270,7 +277,7 @@ def pretrain(cfg, log=print) -> dict:
             tps = n * d.global_batch_size * m.seq_length / window["time"]
             tflops = n * flops / window["time"] / 1e12
             rec = {"iteration": it, "consumed_samples": state["consumed_samples"],
-                   "consumed_tokens": state["consumed_samples"] * m.seq_length, "lm_loss": window["loss"] / n,
+                   "consumed_tokens": state["consumed_samples"] * m.seq_length, task.loss_name: window["loss"] / n,
                    **{k: v / n for k, v in task_window.items()},
                    "grad_norm": window["gnorm"] / n, "lr": lr, "loss_scale": optimizer.loss_scale,
                    "skipped_iters": state["skipped_iters"], "tokens_per_sec": tps, "tflops": tflops,

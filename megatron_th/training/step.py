@@ -75,13 +75,14 @@ class Stepper:
             self.pipe = PipelineRunner(chunks, groups, shape, dtype, device, trace, task=self.task)
 
     def num_tokens(self, micro_batches) -> float:
-        """The global batch's normalizer (all DP ranks): the sum of task.normalizer over every
-        micro-batch (language modelling: loss tokens)."""
+        """The global batch's normalizer (all DP ranks), task.begin_step: the sum of
+        task.normalizer over every micro-batch (language modelling: loss tokens)."""
         from megatron_th.parallel import comm
 
-        n = torch.tensor([sum(self.task.normalizer(mb) for mb in micro_batches)], dtype=torch.float64,
-                         device=self.device)
-        return float(comm.all_reduce(n, self.groups.dp_group)[0])
+        def all_reduce(values: list[float]) -> list[float]:
+            t = torch.tensor(values, dtype=torch.float64, device=self.device)
+            return comm.all_reduce(t, self.groups.dp_group).tolist()
+        return float(self.task.begin_step(micro_batches, all_reduce))
 
     def train(self, micro_batches, num_tokens: float, loss_scale: float) -> torch.Tensor:
         """Forward+backward of this rank's micro-batches, then the gradient reductions; returns the

@@ -16,11 +16,18 @@ def _sft(cfg):
     return SFTTask(cfg)
 
 
-TASKS = {"pretrain": LanguageModelTask, "sft": _sft}
+def _dpo(cfg):
+    from megatron_th.training.tasks.dpo import DPOTask
+    return DPOTask(cfg)
+
+
+TASKS = {"pretrain": LanguageModelTask, "sft": _sft, "dpo": _dpo}
 
 
 def task_name(cfg) -> str:
-    """The objective ``cfg`` asks for: ``sft`` with ``--sft``, else ``pretrain``."""
+    """The objective ``cfg`` asks for: ``dpo`` with ``--dpo``, ``sft`` with ``--sft``, else ``pretrain``."""
+    if getattr(cfg.train, "dpo", False):
+        return "dpo"
     return "sft" if getattr(cfg.train, "sft", False) else "pretrain"
 
 

@@ -9,7 +9,9 @@ the loss, the model's per-token output on the device. Contract:
   gradient is the same for any micro-batch size, accumulation and DP split. ``stats``: a 1-D
   float64 tensor of detached sums (element 0 is ``loss``), summed by the loop over micro-batches,
   pipeline stages and DP ranks, and turned into logged metrics by ``train_metrics(stats, N)``.
-- ``normalizer(mb) -> float``: host-side (no device sync), from the micro-batch's CPU tensors.
+- ``normalizer(mb) -> float``: host-side (no device sync), from the micro-batch's CPU tensors;
+  ``begin_step(micro_batches, all_reduce)`` sums it over the global batch before the step (a task
+  needing more global counts, e.g. DPO's RPO term, overrides it).
 - ``eval_stats(per_token, mb) -> [b, k]`` float64 per-sample sums, summed by evaluation (per data
   source when the split blends several) and summarised by ``eval_metrics(sums)``.
 - ``record``: fields added to every metrics.jsonl record of the run.
@@ -23,6 +25,7 @@ class Task:
     """Base class; subclasses implement the data and loss methods (see the module docstring)."""
 
     name = "task"
+    loss_name = "lm_loss"  # the headline metric's key in metrics.jsonl
     record: dict = {}
     stat_names: tuple[str, ...] = ("loss",)
 
@@ -48,6 +51,10 @@ class Task:
 
     def normalizer(self, mb: dict) -> float:
         raise NotImplementedError
+
+    def begin_step(self, micro_batches: list[dict], all_reduce) -> float:
+        """The global batch's normalizer N: ``all_reduce(list of floats) -> list`` sums over DP."""
+        return all_reduce([sum(self.normalizer(mb) for mb in micro_batches)])[0]
 
     def train_metrics(self, stats: list[float], normalizer: float) -> dict:
         """The logged training metrics of one step from the summed ``stats``."""
