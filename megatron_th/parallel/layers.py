@@ -1,4 +1,5 @@
-"""Tensor-parallel layers (Megatron-style) and the vocab-parallel cross entropy.
+"""Tensor-parallel layers (Megatron-style) and the vocab-parallel cross entropy (chunked over tokens
+for large vocabularies: model/loss.py).
 
 Each holds only its TP shard of a logical weight and the attributes that say how it was cut
 (``tp_dim``, ``tp_chunks``), so checkpoints can store the logical tensor and any layout can load it.
@@ -7,10 +8,13 @@ With sequence parallelism the activations entering a column-parallel layer are s
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_th.model import loss as loss_mod
 from megatron_th.parallel import comm
 
 
@@ -91,7 +95,17 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class _VocabParallelCE(torch.autograd.Function):
-    """Cross entropy over logits split along the vocabulary; never gathers full logits."""
+    """Cross entropy over logits split along the vocabulary; never gathers full logits.
+
+    forward(logits [..., V_local] any float dtype, labels [...] int64, group, vocab_start, true_vocab)
+    -> loss [...] fp32. The formula of Megatron-LM core/tensor_parallel/cross_entropy.py
+    (_VocabParallelCrossEntropy): all-reduce (MAX) of the per-token max logit, then all-reduce
+    (SUM) of the logit at the label (held by one shard) and of sum(exp(logit - max)); loss =
+    log(sum_exp) - (label logit - max); gradient softmax - onehot on each shard, no communication.
+    A label equal to model.loss.IGNORE_INDEX (-100) gives loss 0 and no gradient, as on one device.
+    Used when all tokens fit in one loss chunk (``vocab_parallel_lm_loss``); it keeps the full
+    local fp32 logits and softmax [..., V_local] until backward.
+    """
 
     @staticmethod
     def forward(ctx, logits, labels, group, vocab_start, true_vocab):
@@ -109,26 +123,76 @@ class _VocabParallelCE(torch.autograd.Function):
         exp = shifted.exp()
         sum_exp = exp.sum(dim=-1)
         comm.all_reduce(sum_exp, group)
-        loss = sum_exp.log() - picked
+        ignored = labels == loss_mod.IGNORE_INDEX  # as F.cross_entropy: loss 0, no gradient
+        loss = (sum_exp.log() - picked).masked_fill(ignored, 0.0)
         softmax = exp.div_(sum_exp.unsqueeze(-1))
-        ctx.save_for_backward(softmax, local, inside)
+        ctx.save_for_backward(softmax, local, inside, ignored)
         return loss
 
     @staticmethod
     def backward(ctx, g):
-        softmax, local, inside = ctx.saved_tensors
+        softmax, local, inside, ignored = ctx.saved_tensors
         grad = softmax.clone()
         onehot = torch.zeros_like(grad).scatter_(-1, local.unsqueeze(-1), 1.0) * inside.unsqueeze(-1)
-        grad.sub_(onehot).mul_(g.unsqueeze(-1))
+        grad.sub_(onehot).mul_(g.masked_fill(ignored, 0.0).unsqueeze(-1))
         return grad, None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits_local, labels, group, vocab_start, true_vocab):
+    """Per-token loss (fp32, labels' shape) from this rank's logits [..., V_local]; see _VocabParallelCE."""
     return _VocabParallelCE.apply(logits_local, labels, group, vocab_start, true_vocab)
 
 
+def _combine_shards(group, lmax, sum_exp, picked):
+    """Merge the shards' per-token statistics (fp32 [N] each) for ChunkedLinearCrossEntropy: three
+    all-reduces of N fp32 over the TP group, the same three (and the same bytes) as _VocabParallelCE.
+    Each shard's sum of exponentials is relative to its own max, so it is rescaled to the global max
+    before the sum: sum_r S_r * exp(m_r - max_r m_r) (the log-sum-exp merge); the label's raw logit
+    is summed (one shard holds it) and shifted by the global max by the caller."""
+    gmax = lmax.clone()
+    comm.all_reduce(gmax, group, op=torch.distributed.ReduceOp.MAX)
+    comm.all_reduce(picked, group)
+    sum_exp = sum_exp * (lmax - gmax).exp_()
+    comm.all_reduce(sum_exp, group)
+    return gmax, sum_exp, picked
+
+
+def vocab_parallel_lm_loss(x, weight, labels, group, vocab_start, true_vocab, chunk_tokens=None):
+    """Per-token LM loss under TP from the full-sequence hidden states, never holding full logits.
+
+    x: [b, s, h] in the compute dtype, already in the TP region (copy_to_tp / gather_from_sp: its
+    gradient is a partial sum those reduce); weight: this rank's vocabulary rows [V_padded/tp, h]
+    starting at id ``vocab_start``; labels [b, s] int64; ids >= ``true_vocab`` are padding.
+    Returns fp32 [b, s].
+
+    ``chunk_tokens`` (default model.loss.chunk_tokens_for(V_local): about LOSS_CHUNK_BYTES of fp32
+    logits per chunk): when all b*s tokens fit in one chunk, the logits [b, s, V_local] and
+    _VocabParallelCE exactly as before chunking; otherwise ChunkedLinearCrossEntropy on this shard
+    (peak about one chunk of local logits in fp32 plus the compute dtype; logits recomputed in
+    backward), its per-token statistics merged by ``_combine_shards``. Communication either way:
+    3 all-reduces of b*s fp32 per call in forward (12*b*s bytes), none in backward, the same
+    calls and bytes as before chunking (parallel/volume.py tp_step_bytes).
+    """
+    n_tok = labels.numel()
+    chunk = chunk_tokens if chunk_tokens is not None else loss_mod.chunk_tokens_for(weight.shape[0])
+    if chunk < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk}")
+    if n_tok <= chunk:
+        return vocab_parallel_cross_entropy(F.linear(x, weight), labels, group, vocab_start, true_vocab)
+    loss = loss_mod.ChunkedLinearCrossEntropy.apply(x.reshape(n_tok, x.shape[-1]), weight, labels.reshape(n_tok),
+                                                    vocab_start, true_vocab, chunk,
+                                                    functools.partial(_combine_shards, group))
+    return loss.view(labels.shape)
+
+
 class VocabParallelHead(nn.Module):
-    """The LM head under TP: local logits, then vocab-parallel CE (or gathered logits)."""
+    """The LM head under TP: the chunked vocab-parallel loss (labels given) or gathered logits.
+
+    forward(x [b, s or s/tp with SP, h], weight [V_padded/tp, h], labels [b, s] or None): with SP
+    the sequence shards are all-gathered first (their gradient reduce-scattered back), else x enters
+    the TP region (its gradient all-reduced). Returns the fp32 per-token loss [b, s]
+    (``vocab_parallel_lm_loss``) or the logits [b, s, true_vocab] gathered over the vocabulary.
+    """
 
     def __init__(self, group, vocab_start, true_vocab, sequence_parallel=False):
         super().__init__()
@@ -136,7 +200,7 @@ class VocabParallelHead(nn.Module):
 
     def forward(self, x, weight, labels=None):
         x = comm.gather_from_sp(x, self.group) if self.sequence_parallel else comm.copy_to_tp(x, self.group)
-        logits = F.linear(x, weight)
         if labels is not None:
-            return vocab_parallel_cross_entropy(logits, labels, self.group, self.vocab_start, self.true_vocab)
+            return vocab_parallel_lm_loss(x, weight, labels, self.group, self.vocab_start, self.true_vocab)
+        logits = F.linear(x, weight)
         return comm.all_gather(logits.contiguous(), self.group, dim=-1)[..., : self.true_vocab]

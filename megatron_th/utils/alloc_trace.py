@@ -14,6 +14,7 @@ internal buffers, NumPy or safetensors byte buffers) and ops run on other thread
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -95,3 +96,41 @@ class record_allocations(TorchDispatchMode):  # noqa: N801 (used as a context ma
 
     def largest(self) -> Allocation | None:
         return max(self.records, key=lambda r: r.nbytes, default=None)
+
+
+class record_live_bytes(record_allocations):  # noqa: N801 (a context manager, like its base)
+    """``record_allocations`` that also follows each new storage until it is freed.
+
+    ``.live_bytes``: bytes allocated inside the block and still alive; ``.peak_bytes``: the
+    high-water mark of ``live_bytes`` (int bytes). A storage's bytes are released when its last
+    tensor goes (a weak reference on the storage, which torch keeps while any tensor views it).
+    Same scope as the base: dispatcher ops on this thread, one device or all.
+    """
+
+    def __init__(self, device=None):
+        super().__init__(device)
+        self.live_bytes = 0
+        self.peak_bytes = 0
+
+    def _free(self, nbytes: int) -> None:
+        self.live_bytes -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        before = len(self.records)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if len(self.records) == before:
+            return out
+        inputs = {_storage_key(t) for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or not _matches(self.device, t.device):
+                continue
+            key = _storage_key(t)
+            if key is None or key in inputs:
+                continue
+            inputs.add(key)
+            storage = t.untyped_storage()
+            nbytes = storage.nbytes()
+            self.live_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            weakref.finalize(storage, self._free, nbytes)
+        return out
