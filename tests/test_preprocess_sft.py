@@ -46,10 +46,35 @@ def _write_jsonl(path, objs):
     return str(path)
 
 
-def _run(argv):
+def _run(argv, tool=ps):
+    """``tool.run`` (this module's or preprocess_dpo's) on ``argv``: (summary, logged lines)."""
     logs = []
-    summary = ps.run(ps.build_parser().parse_args(argv + ["--quiet"]), log=logs.append)
+    summary = tool.run(tool.build_parser().parse_args(argv + ["--quiet"]), log=logs.append)
     return summary, logs
+
+
+def _nothing_written(tool, argv, tmp_path, capsys) -> str:
+    """The one ``error:`` line of a run of ``tool.main`` that writes nothing (exit 1, no file left
+    under ``tmp_path`` named for --output-prefix ``none``)."""
+    assert tool.main(argv + ["--output-prefix", str(tmp_path / "none"), "--quiet"]) == 1
+    err = [m for m in capsys.readouterr().err.splitlines() if not m.startswith(("warning:", "chat template:"))]
+    assert len(err) == 1, err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("none")]  # nothing written, no .tmp left
+    return err[0]
+
+
+def _generated(folder, script, monkeypatch):
+    """``build()`` of an asset generator ``folder/script``, after checking that the files it
+    writes there hold exactly its output."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ among the packaged assets
+    spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(folder, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    train, heldout = module.build()
+    for name, records in (("train.jsonl", train), ("heldout.jsonl", heldout)):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            assert f.read() == module.dumps(records), f"{name} differs from {script}'s output"
+    return train, heldout
 
 
 def _read(prefix):
@@ -332,11 +357,8 @@ def test_bad_records_counted_with_file_line(tmp_path, tokenizer_model, capsys):
 
     only_bad = _write_jsonl(tmp_path / "only_bad.jsonl", lines[1:-1])
     out = str(tmp_path / "none")
-    assert ps.main(["--input", only_bad, "--tokenizer-model", tokenizer_model, "--output-prefix", out, "--quiet"]) == 1
-    err = [m for m in capsys.readouterr().err.splitlines() if not m.startswith(("warning:", "chat template:"))]
-    assert len(err) == 1 and err[0].startswith(f"error: --input {only_bad}: no conversation written: of 9 records 9 "
-                                               f"were skipped"), err
-    assert not [f for f in os.listdir(tmp_path) if f.startswith("none")]  # nothing written, no .tmp left
+    err = _nothing_written(ps, ["--input", only_bad, "--tokenizer-model", tokenizer_model], tmp_path, capsys)
+    assert err.startswith(f"error: --input {only_bad}: no conversation written: of 9 records 9 were skipped"), err
     text_only = _write_jsonl(tmp_path / "text.jsonl", [{"text": "a"}, {"text": "b", "id": 1}])
     assert ps.main(["--input", text_only, "--tokenizer-model", tokenizer_model, "--output-prefix", out, "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -375,14 +397,7 @@ def test_gz_parquet_match_jsonl_and_missing_pyarrow(tmp_path, tokenizer_model, m
 # ---------------------------------------------------------------- the embedded chat set
 
 def test_embedded_chat_set(tmp_path, tokenizer_model, spm, monkeypatch):
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ among the packaged assets
-    spec = importlib.util.spec_from_file_location("make_chat", os.path.join(CHAT, "make_chat.py"))
-    make_chat = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_chat)
-    train, heldout = make_chat.build()
-    for name, records in (("train.jsonl", train), ("heldout.jsonl", heldout)):
-        with open(os.path.join(CHAT, name), encoding="utf-8") as f:
-            assert f.read() == make_chat.dumps(records), f"{name} differs from make_chat.py's output"
+    train, heldout = _generated(CHAT, "make_chat.py", monkeypatch)
     assert len(train) >= 300 and len(heldout) >= 40
     key = lambda r: json.dumps([m for m in r["messages"] if m["role"] != "system"], ensure_ascii=False)  # noqa: E731
     assert not {key(r) for r in train} & {key(r) for r in heldout}

@@ -136,3 +136,16 @@ def normalize_record(obj) -> list[dict]:
 def assistant_texts(messages: list[dict]) -> list[str]:
     """The content of every assistant turn, in order."""
     return [m["content"] for m in messages if m["role"] == "assistant"]
+
+
+def message_list(items, key: str) -> list[dict]:
+    """``items`` read as a list of ``{"role", "content"}`` messages (the ``messages`` shape), each
+    normalised to those two keys; ``key`` names the list in errors. Raises RecordError
+    (WRONG_SHAPE, UNKNOWN_ROLE, NON_STRING_CONTENT, LONE_SURROGATE)."""
+    return _turns(items, key, "role", "content", _MESSAGE_ROLES)
+
+
+def text_value(value, what: str) -> str:
+    """``value`` when it is a string of Unicode text; raises RecordError (NON_STRING_CONTENT,
+    LONE_SURROGATE) naming ``what``."""
+    return _text(value, what)

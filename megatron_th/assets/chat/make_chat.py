@@ -342,14 +342,18 @@ def dumps(records) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def main():
-    train, heldout = build()
+def write(folder, train, heldout, what):
+    """Writes train.jsonl and heldout.jsonl in ``folder`` (atomically; ``what`` names a record)."""
     for name, records in (("train.jsonl", train), ("heldout.jsonl", heldout)):
-        path = os.path.join(HERE, name)
+        path = os.path.join(folder, name)
         with open(path + ".tmp", "w", encoding="utf-8", newline="\n") as f:
             f.write(dumps(records))
         os.replace(path + ".tmp", path)
-        print(f"wrote {path}: {len(records)} conversations")
+        print(f"wrote {path}: {len(records)} {what}")
+
+
+def main():
+    write(HERE, *build(), "conversations")
 
 
 if __name__ == "__main__":
