@@ -90,16 +90,19 @@ def document_lengths(b: int, s: int) -> list[list[int]]:
     return [rows[i % 2] for i in range(b)]
 
 
-def reference_attention(q, k, v, doc):
+def reference_attention(q, k, v, doc, window=None):
     """fp32 causal same-document attention written out (no backend code): q [b, nq, s, hd], k/v
-    [b, nkv, s, hd], doc [b, s] document ids. -> [b, nq, s, hd]."""
+    [b, nkv, s, hd], doc [b, s] document ids; ``window``: a query also needs query - key position
+    < window (transformers' sliding window). -> [b, nq, s, hd]."""
     import torch
 
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     s = q.shape[2]
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
+    pos = torch.arange(s, device=q.device)
+    distance = pos.unsqueeze(1) - pos.unsqueeze(0)  # query - key
+    causal = (distance >= 0) & (distance < (s if window is None else window))
     allowed = causal & (doc.unsqueeze(2) == doc.unsqueeze(1))  # [b, s, s]
     scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
@@ -131,8 +134,9 @@ def _backend_names() -> list[str]:
 def attention_backends(ctx: Context):
     """Every backend of megatron_th.model.attention.BACKENDS in the training dtype vs the fp32
     reference above: output and dq, dk, dv, with packed documents including 1-token ones (sdpa,
-    which refuses documents, on plain causal rows, and must refuse the documents). Value:
-    max |x - ref| / max |ref| over the four tensors."""
+    which refuses documents, on plain causal rows, and must refuse the documents), each also with
+    a sliding window of s // 4 tokens (shorter than the long documents). Value:
+    max |x - ref| / max |ref| over the four tensors of both cases."""
     import torch
 
     from megatron_th.model.attention import attention
@@ -158,24 +162,29 @@ def attention_backends(ctx: Context):
             bounds.append(bounds[-1] + n)
     cases = {"docs": torch.tensor(bounds, dtype=torch.int32, device=dev),
              "rows": torch.arange(0, b * s + 1, s, dtype=torch.int32, device=dev)}
+    window = max(1, s // 4)
     refs = {}
     for case, cu in cases.items():
         doc = (torch.searchsorted(cu.long(), torch.arange(b * s, device=dev), right=True) - 1).view(b, s)
-        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-        out = reference_attention(*leaves, doc)
-        out.backward(grad)
-        refs[case] = [out.detach()] + [x.grad for x in leaves]
+        for w in (None, window):
+            leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+            out = reference_attention(*leaves, doc, w)
+            out.backward(grad)
+            refs[case, w] = [out.detach()] + [x.grad for x in leaves]
     for name in names:
         why = unsupported(name, dev, dtype)
         if why:
             yield skip(f"attention_{name}", why, "max_rel_err")
             continue
         case = "rows" if name == "sdpa" else "docs"
-        leaves = [x.to(dtype, copy=True).requires_grad_() for x in (q, k, v)]
-        out = attention(*leaves, cu_seqlens=cases[case], backend=name)
-        out.backward(grad.to(dtype))
-        got = [out.detach()] + [x.grad for x in leaves]
-        errs = [float((a.float() - r).abs().max() / r.abs().max().clamp_min(1e-12)) for a, r in zip(got, refs[case])]
+        errs = [0.0] * 4
+        for w in (None, window):
+            leaves = [x.to(dtype, copy=True).requires_grad_() for x in (q, k, v)]
+            out = attention(*leaves, cu_seqlens=cases[case], backend=name, window=w)
+            out.backward(grad.to(dtype))
+            got = [out.detach()] + [x.grad for x in leaves]
+            errs = [max(e, float((a.float() - r).abs().max() / r.abs().max().clamp_min(1e-12)))
+                    for e, a, r in zip(errs, got, refs[case, w])]
         err = max(errs)
         ok, note = err <= p["tol"], ""
         if name == "sdpa":  # it must refuse documents rather than attend across them
@@ -187,7 +196,8 @@ def attention_backends(ctx: Context):
         docs = "" if name == "sdpa" else f", documents {lengths[0]} / {lengths[1 % b]}"
         yield check(f"attention_{name}", ok, err, "max_rel_err",
                     f"{str(dtype).replace('torch.', '')} vs fp32 reference, tolerance {p['tol']:g}; out/dq/dk/dv "
-                    + "/".join(f"{e:.1e}" for e in errs) + f"; b {b} heads {nq}/{nkv} s {s} hd {hd}{docs}{note}")
+                    + "/".join(f"{e:.1e}" for e in errs) + f"; b {b} heads {nq}/{nkv} s {s} hd {hd}{docs}; "
+                f"without and with window {window}{note}")
 
 
 attention_backends.names = lambda ctx: [f"attention_{n}" for n in _backend_names()]

@@ -2,10 +2,13 @@
 
 With document masking every attention layer of a step needs the same facts about ``cu_seqlens``:
 is it valid, does it split any row, the longest document, and per backend some index tensors
-(varlen), document ids (dense), a flex block mask or the int32 boundaries on the device
-(flash, te). Reading a device tensor's values from the host (``.tolist()``, ``int()``,
-``bool()``) blocks the CPU until the GPU has caught up; doing it in every layer costs one sync per
-layer and backend call (thousands per step). A ``DocumentPlan`` is built once per micro-batch from
+(varlen, plus one banded causal mask per group under a sliding window), document ids (dense), a
+flex block mask (one per window) or the int32 boundaries on the device (flash, te). Data that
+depends on the sliding window is cached per window, so a model whose layers use different windows
+(Gemma 3 interleaves local and global layers) prepares the plan once per distinct window.
+Reading a device tensor's values from the host (``.tolist()``, ``int()``, ``bool()``) blocks the
+CPU until the GPU has caught up; doing it in every layer costs one sync per layer and backend call
+(thousands per step). A ``DocumentPlan`` is built once per micro-batch from
 the CPU ``cu_seqlens`` the data loader yields (training/step.py ``model_inputs``), prepared for the
 model's backend before the first layer (``GPTModel.forward``), and handed down to every layer, so
 nothing inside a layer reads device values. Everything a backend needs is cached on the plan:
@@ -22,7 +25,7 @@ import itertools
 
 import torch
 
-__all__ = ["DocumentPlan", "check_cu_seqlens"]
+__all__ = ["DocumentPlan", "check_cu_seqlens", "window_causal_mask"]
 
 # varlen grouping cost model, fitted on CPU for heads * head_dim = 512 (ms ~ units * 4.6e-5):
 # a document of length P padded to L costs L * (L + _LINEAR); one SDPA call (fwd+bwd) costs
@@ -79,6 +82,14 @@ def _varlen_plan(cu: tuple, s: int, width: int):
     return torch.cat(gather), shapes, slot
 
 
+def window_causal_mask(n: int, window: int | None, device=None) -> torch.Tensor:
+    """Bool ``[n, n]`` mask, True where query i may see key j: ``0 <= i - j < window`` (causal
+    sliding window, transformers' ``sliding_window_causal_mask_function``; see attention.py), or
+    plain causal ``j <= i`` when ``window`` is None. Built on ``device`` from host ints: no sync."""
+    mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return mask if window is None else mask.triu(1 - window)
+
+
 @functools.cache
 def _compiled_create_block_mask():
     from torch.nn.attention.flex_attention import create_block_mask
@@ -119,8 +130,9 @@ class DocumentPlan:
 
     Host attributes (plain Python, free to read in a layer): ``batch``, ``seq``, ``bounds``
     (tuple of ints), ``has_boundaries`` (some row holds more than one document), ``max_len``
-    (longest document), ``device``. Device data is built on first request and cached per device;
-    ``attention.prepare_documents`` requests what a backend needs before the layers run.
+    (longest document), ``device``. Device data is built on first request and cached per device
+    (and per sliding window where it depends on one); ``attention.prepare_documents`` requests what
+    a backend needs before the layers run.
     """
 
     def __init__(self, cu_seqlens, batch: int, seq: int, device=None):
@@ -176,8 +188,22 @@ class DocumentPlan:
             return _to_device(gather, device), shapes, _to_device(slot, device)
         return self._cached(("varlen", width, device), build)
 
-    def block_mask(self, device=None):
-        """flex_attention BlockMask (causal AND same document, [batch, 1 head, seq, seq]).
+    def varlen_masks(self, width: int, window: int | None, device=None) -> tuple:
+        """One entry per group of ``varlen(width)``: None (plain causal SDPA: no window, or the
+        group's padded length P <= window) or the bool ``[P, P]`` ``window_causal_mask`` on
+        ``device``. Positions inside a padded group are positions inside each document, so one
+        mask serves every document of the group."""
+        device = self._dev(device)
+
+        def build():
+            _, shapes, _ = self.varlen(width, device)
+            return tuple(None if window is None or p <= window else window_causal_mask(p, window, device)
+                         for _, p in shapes)
+        return self._cached(("varlen_masks", width, window, device), build)
+
+    def block_mask(self, device=None, window: int | None = None):
+        """flex_attention BlockMask (causal AND same document AND, with ``window``, query minus key
+        position < window; [batch, 1 head, seq, seq]), cached per (device, window).
 
         Built by torch.nn.attention.flex_attention.create_block_mask, compiled on CUDA (as the
         FlexAttention docs advise: eager construction materialises a [b, s, s] mask), eager
@@ -194,6 +220,10 @@ class DocumentPlan:
             def same_doc_causal(bi, hi, qi, ki):
                 return (qi >= ki) & (doc[bi, qi] == doc[bi, ki])
 
+            def same_doc_window(bi, hi, qi, ki):
+                return (qi >= ki) & (qi - ki < window) & (doc[bi, qi] == doc[bi, ki])
+
             make = _compiled_create_block_mask() if device.type == "cuda" else create_block_mask
-            return make(same_doc_causal, self.batch, None, self.seq, self.seq, device=device)
-        return self._cached(("block_mask", device), build)
+            mask_mod = same_doc_causal if window is None else same_doc_window
+            return make(mask_mod, self.batch, None, self.seq, self.seq, device=device)
+        return self._cached(("block_mask", window, device), build)
