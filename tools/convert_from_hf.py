@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Import a Hugging Face Llama / Mistral / Qwen2 / GPT-2 model as a megatron_th checkpoint.
+"""Import a Hugging Face model (Llama 1/2/3.x, Mistral, Qwen2/2.5, Qwen3, GPT-2) as a megatron_th checkpoint.
 
 Installed as ``megatron-th-convert-from-hf``; see megatron_th.cli.convert_from_hf (--help)."""
 import os

@@ -1,11 +1,17 @@
-"""Import a Hugging Face Llama / Mistral / Qwen2 / GPT-2 model as a megatron_th checkpoint.
+"""Import a Hugging Face model (Llama 1/2/3.x, Mistral, Qwen2/2.5, Qwen3, GPT-2) as a megatron_th checkpoint.
 
-    megatron-th-convert-from-hf --hf path/to/TinyLlama_v1.1 --output ck_llama   # or: python tools/convert_from_hf.py ...
+    megatron-th-convert-from-hf --hf models/Llama-3.2-1B --output ck_llama   # or: python tools/convert_from_hf.py ...
     torchrun --nproc-per-node 8 pretrain_gpt.py --load ck_llama --use-checkpoint-args \\
         --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --data-path ... --save ck_thai
+    megatron-th-convert-to-hf --load ck_thai --output llama-3.2-1b-thai   # the base's config.json and tokenizer back
 
-The checkpoint is topology-free: load it at any TP/PP/DP. It holds the weights only (training
-starts at iteration 0 with a fresh optimizer) and the tokenizer (the HF files, used as hf:<dir>).
+--hf is a local directory: config.json, model.safetensors or a sharded model.safetensors.index.json
+(read one tensor at a time, never the whole model), the tokenizer files. The checkpoint is
+topology-free: load it at any TP/PP/DP. It holds the weights (every embedding row the file has),
+the tokenizer (the HF files, used as hf:<dir>) and the base's config.json and
+generation_config.json, which export writes back. Training starts at iteration 0 with a fresh
+optimizer. Preprocess data with the same tokenizer: tools/preprocess_data.py --tokenizer-model
+hf:<the HF directory> --append-eod (EOD = the tokenizer's eos_token).
 
 --extend-vocab NEW.model grows the vocabulary for continued pretraining in a new language: NEW.model
 must keep every old piece at its id (tools/extend_tokenizer.py builds one from the model's
@@ -19,7 +25,10 @@ import sys
 def main(argv=None) -> int:
     """The command (``argv`` defaults to sys.argv[1:]); returns the exit status: 0, or 1 on a bad model directory or output,
     printed as one ``error: ...`` line on stderr."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from megatron_th.convert import families
+
+    p = argparse.ArgumentParser(description=__doc__, epilog=families.describe(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf", required=True, help="HF model directory (config.json, safetensors, tokenizer files)")
     p.add_argument("--output", required=True, help="checkpoint directory to write (use it as --load)")
     p.add_argument("--tokenizer-model", help="tokenizer to store instead of the HF one (sentencepiece .model or hf:<dir>)")

@@ -4,11 +4,16 @@
     python -c "from transformers import AutoModelForCausalLM, AutoTokenizer; \\
                m = AutoModelForCausalLM.from_pretrained('hf_tiny'); t = AutoTokenizer.from_pretrained('hf_tiny')"
 
-The architecture follows the model options: LlamaForCausalLM (RoPE + RMSNorm + SwiGLU),
-Qwen2ForCausalLM (the same with --add-qkv-bias), MistralForCausalLM (on request), GPT2LMHeadModel
+A model imported with convert_from_hf goes back as it came: the base's config.json and
+generation_config.json are written back (only torch_dtype/dtype change, with --dtype), after a
+check that the checkpoint's architecture is still the base's, and its tokenizer files are copied
+unchanged (chat template included); every embedding row it had is kept. Other checkpoints get a
+generated config.json whose architecture follows the model options: LlamaForCausalLM (RoPE +
+RMSNorm + SwiGLU, any RoPE scaling), Qwen2ForCausalLM (--add-qkv-bias), Qwen3ForCausalLM
+(--qk-layernorm), MistralForCausalLM (a window on every layer, or on request), GPT2LMHeadModel
 (learned positions + LayerNorm + GeLU). Writes config.json, generation_config.json, sharded
-safetensors (+ index), and the tokenizer (tokenizer.json, tokenizer_config.json, the
-sentencepiece model) whose ids equal ours; the vocabulary padding is dropped. See docs/conversion.md.
+safetensors (+ index) and the tokenizer, whose ids AutoTokenizer must reproduce; the vocabulary
+padding is dropped. See docs/conversion.md.
 """
 import argparse
 import sys
@@ -23,8 +28,13 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="HF model directory to write (built in OUTPUT.tmp, then renamed)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
                    help="weight dtype (default: the checkpoint's; fp32 masters are used when present)")
-    p.add_argument("--architecture", choices=["llama", "mistral", "qwen2", "gpt2"],
+    p.add_argument("--architecture", choices=["llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma3_text"],
                    help="force an architecture the model fits (e.g. mistral for a bias-free Llama)")
+    p.add_argument("--ema", action="store_true",
+                   help="export the EMA of the weights (--ema-decay; optim.ema.*) instead of the weights")
+    p.add_argument("--fresh-config", action="store_true",
+                   help="an imported model: generate config.json from the checkpoint's options instead of "
+                        "writing the base's back")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     a = p.parse_args(argv)
@@ -34,7 +44,8 @@ def main(argv=None) -> int:
     from megatron_th.training.checkpoint import CheckpointError
 
     try:
-        export_to_hf(a.load, a.output, a.iteration, a.dtype, a.architecture, parse_size(a.max_shard_size), a.overwrite)
+        export_to_hf(a.load, a.output, a.iteration, a.dtype, a.architecture, parse_size(a.max_shard_size), a.overwrite,
+                     fresh_config=a.fresh_config, ema=a.ema)
     except (ConversionError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

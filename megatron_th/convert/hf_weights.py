@@ -4,14 +4,17 @@ A ``Rule`` maps a few of our logical tensors to a few HF tensors with two pure f
 converters can stream: read one rule's inputs, convert, write, forget. Layout facts:
 
 - ``linear_qkv`` rows are grouped per key/value group ``[q heads of the group, k, v]``; HF
-  Llama/Mistral/Qwen2 keep ``q_proj`` / ``k_proj`` / ``v_proj``, and query head i of HF uses kv
+  Llama/Mistral/Qwen2/Qwen3 keep ``q_proj`` / ``k_proj`` / ``v_proj``, and query head i of HF uses kv
   head ``i // (heads / groups)`` as ours does, so the split is a reshape. GPT-2's ``c_attn`` is
   ``[q | k | v]`` over all heads, i.e. groups = heads with one query head each, transposed.
 - ``linear_fc1`` under SwiGLU is ``[gate; up]`` -> ``gate_proj``, ``up_proj``.
 - RoPE: ours rotates dimension i with i + hd/2 like HF's ``rotate_half``: q/k need no permutation.
 - GPT-2 stores ``Conv1D`` weights as ``[in, out]``: transposed against ``nn.Linear``.
 - Embedding and untied head: ours is padded to ``make_vocab_size_divisible_by`` rows; HF has
-  the true vocabulary. Export drops the padding rows; import appends zero rows.
+  ``vocab_size`` rows (the tokenizer's size, or more: Qwen2.5's 151936). Export drops the padding
+  rows; import appends zero rows.
+
+Each family (``megatron_th/convert/families``) builds its list from these pieces.
 """
 from __future__ import annotations
 
@@ -91,50 +94,35 @@ def _gate_up_rule(ours, gate, up):
                 lambda ts: [torch.cat(ts, dim=0)])
 
 
-def rules(m, arch: str, vocab: int, padded: int) -> list[Rule]:
-    """Every tensor of our full model (ModelConfig ``m``) and where it goes in ``arch``."""
+def one_rule(ours: str, hf: str, fn=_same) -> Rule:
+    """One tensor each side, the same function both ways (``_same`` or ``_transpose``)."""
+    return Rule((ours,), (hf,), fn, fn)
+
+
+def decoder_rules(m, vocab: int, padded: int) -> list[Rule]:
+    """Every tensor of our full model (ModelConfig ``m``) and its name in a Llama-style
+    ``*ForCausalLM`` (Llama, Mistral, Qwen2, Qwen3: ``model.…``, ``lm_head.weight``). Biases follow
+    ``m`` (all with ``attention_bias`` + ``mlp_bias``, q/k/v only with ``add_qkv_bias``); with
+    ``qk_layernorm``, ``self_attn.q_norm`` / ``k_norm`` (Qwen3). ``vocab``: the rows HF holds."""
     groups, qpg, hd = m.num_query_groups, m.num_attention_heads // m.num_query_groups, m.kv_channels
-    tied = not m.untie_embeddings_and_output_weights
-    out: list[Rule] = []
-
-    def one(o, h, fn=_same):
-        out.append(Rule((o,), (h,), fn, fn))
-
-    if arch == "gpt2":
-        out.append(_vocab_rule("embedding.word_embeddings.weight", "transformer.wte.weight", vocab, padded))
-        one("embedding.position_embeddings.weight", "transformer.wpe.weight")
-        for i in range(m.num_layers):
-            o, h = f"layers.{i}.", f"transformer.h.{i}."
-            for w in ("weight", "bias"):
-                one(o + f"input_layernorm.{w}", h + f"ln_1.{w}")
-                one(o + f"pre_mlp_layernorm.{w}", h + f"ln_2.{w}")
-                out.append(_qkv_rule(o + f"self_attention.linear_qkv.{w}", [h + f"attn.c_attn.{w}"], groups, qpg, hd,
-                                     transposed_fused=True))
-            one(o + "self_attention.linear_proj.weight", h + "attn.c_proj.weight", _transpose)
-            one(o + "self_attention.linear_proj.bias", h + "attn.c_proj.bias")
-            one(o + "mlp.linear_fc1.weight", h + "mlp.c_fc.weight", _transpose)
-            one(o + "mlp.linear_fc1.bias", h + "mlp.c_fc.bias")
-            one(o + "mlp.linear_fc2.weight", h + "mlp.c_proj.weight", _transpose)
-            one(o + "mlp.linear_fc2.bias", h + "mlp.c_proj.bias")
-        one("final_norm.weight", "transformer.ln_f.weight")
-        one("final_norm.bias", "transformer.ln_f.bias")
-        return out
-
-    out.append(_vocab_rule("embedding.word_embeddings.weight", "model.embed_tokens.weight", vocab, padded))
+    out = [_vocab_rule("embedding.word_embeddings.weight", "model.embed_tokens.weight", vocab, padded)]
     qkv_bias = (not m.disable_bias_linear) or m.add_qkv_bias
     biased = not m.disable_bias_linear
     for i in range(m.num_layers):
         o, h = f"layers.{i}.", f"model.layers.{i}."
-        one(o + "input_layernorm.weight", h + "input_layernorm.weight")
-        one(o + "pre_mlp_layernorm.weight", h + "post_attention_layernorm.weight")
+        out.append(one_rule(o + "input_layernorm.weight", h + "input_layernorm.weight"))
+        out.append(one_rule(o + "pre_mlp_layernorm.weight", h + "post_attention_layernorm.weight"))
         for w in ("weight", "bias") if qkv_bias else ("weight",):
             out.append(_qkv_rule(o + f"self_attention.linear_qkv.{w}",
                                  [h + f"self_attn.{p}_proj.{w}" for p in "qkv"], groups, qpg, hd))
+        if getattr(m, "qk_layernorm", False):
+            out.append(one_rule(o + "self_attention.q_layernorm.weight", h + "self_attn.q_norm.weight"))
+            out.append(one_rule(o + "self_attention.k_layernorm.weight", h + "self_attn.k_norm.weight"))
         for w in ("weight", "bias") if biased else ("weight",):
-            one(o + f"self_attention.linear_proj.{w}", h + f"self_attn.o_proj.{w}")
+            out.append(one_rule(o + f"self_attention.linear_proj.{w}", h + f"self_attn.o_proj.{w}"))
             out.append(_gate_up_rule(o + f"mlp.linear_fc1.{w}", h + f"mlp.gate_proj.{w}", h + f"mlp.up_proj.{w}"))
-            one(o + f"mlp.linear_fc2.{w}", h + f"mlp.down_proj.{w}")
-    one("final_norm.weight", "model.norm.weight")
-    if not tied:
+            out.append(one_rule(o + f"mlp.linear_fc2.{w}", h + f"mlp.down_proj.{w}"))
+    out.append(one_rule("final_norm.weight", "model.norm.weight"))
+    if m.untie_embeddings_and_output_weights:
         out.append(_vocab_rule("output_layer.weight", "lm_head.weight", vocab, padded))
     return out
