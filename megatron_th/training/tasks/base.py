@@ -65,3 +65,32 @@ class Task:
 
     def eval_metrics(self, sums: list[float]) -> dict:
         raise NotImplementedError
+
+
+def pad_token(tokenizer) -> int:
+    """The id that fills a packed row after its last sequence: the tokenizer's pad, else its EOD
+    (never attended to nor trained on, only a valid id)."""
+    pad = getattr(tokenizer, "pad", None)
+    return pad if pad is not None and pad >= 0 else tokenizer.eod
+
+
+class CollatedSamples:
+    """Mixin for tasks whose datasets return dict samples that ``collate`` (a staticmethod: list of
+    samples -> micro-batch dict) batches, SFT's and DPO's: the loaders of the Task interface."""
+
+    collate = None
+
+    def loader(self, cfg, dataset, tokenizer, consumed=0, dp_rank=0, dp_size=1):
+        from megatron_th.data.loader import PretrainingLoader
+
+        d = cfg.data
+        return PretrainingLoader(dataset, d.global_batch_size, d.micro_batch_size, tokenizer.eod, dp_rank, dp_size,
+                                 consumed, collate=self.collate)
+
+    def full_pass_loader(self, cfg, dataset, tokenizer, dp_rank=0, dp_size=1, group=None):
+        from megatron_th.data.loader import FullPassLoader
+
+        loader = FullPassLoader([dataset.one_epoch(group)], cfg.data.global_batch_size, cfg.data.micro_batch_size,
+                                self.collate, dp_rank, dp_size)
+        loader.names = [dataset.name]
+        return loader

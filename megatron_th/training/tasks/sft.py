@@ -21,7 +21,7 @@ import torch
 
 from megatron_th.config import ConfigError
 from megatron_th.data.sft_dataset import build_sft_datasets, collate
-from megatron_th.data.loader import FullPassLoader, PretrainingLoader
+from megatron_th.training.tasks.base import CollatedSamples, pad_token
 from megatron_th.training.tasks.lm import LanguageModelTask, sample_counts
 
 
@@ -37,8 +37,9 @@ def conversation_weights(mb: dict) -> tuple[torch.Tensor, int]:
     return weights.float().view(mb["loss_mask"].shape), int((counts > 0).sum())
 
 
-class SFTTask(LanguageModelTask):
+class SFTTask(CollatedSamples, LanguageModelTask):
     name = "sft"
+    collate = staticmethod(collate)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -50,22 +51,10 @@ class SFTTask(LanguageModelTask):
         if len(d.data_path) != 1:
             raise ConfigError(f"--sft takes one --data-path PREFIX (tools/preprocess_sft.py output), got "
                               f"{' '.join(d.data_path) or 'none'}")
-        pad = tokenizer.pad if getattr(tokenizer, "pad", None) is not None and tokenizer.pad >= 0 else tokenizer.eod
         name = f"--tokenizer-model {d.tokenizer_model}" if d.tokenizer_model else "the default tokenizer"
         return build_sft_datasets(d.data_path[0], d.split, cfg.model.seq_length, cfg.train.seed,
-                                  sample_counts(cfg, resumed), pad_token_id=pad, cache_dir=d.data_cache_path,
+                                  sample_counts(cfg, resumed), pad_token_id=pad_token(tokenizer), cache_dir=d.data_cache_path,
                                   log=log, group=group, vocab_size=vocab_size, vocab_name=name)
-
-    def loader(self, cfg, dataset, tokenizer, consumed=0, dp_rank=0, dp_size=1):
-        d = cfg.data
-        return PretrainingLoader(dataset, d.global_batch_size, d.micro_batch_size, tokenizer.eod, dp_rank, dp_size,
-                                 consumed, collate=collate)
-
-    def full_pass_loader(self, cfg, dataset, tokenizer, dp_rank=0, dp_size=1, group=None):
-        loader = FullPassLoader([dataset.one_epoch(group)], cfg.data.global_batch_size, cfg.data.micro_batch_size,
-                                collate, dp_rank, dp_size)
-        loader.names = [getattr(dataset, "name", "sft:valid")]
-        return loader
 
     def _weights(self, mb: dict) -> tuple[torch.Tensor, int]:
         if "loss_weights" not in mb:
