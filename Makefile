@@ -15,7 +15,7 @@ $(VPY):
 
 $(STAMP): $(VPY) Makefile pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(VPY) -m pip install -q $(TORCH)
-	$(VPY) -m pip install -q -e ".[dev,hf,wandb]"
+	$(VPY) -m pip install -q -e ".[dev,hf,wandb,data]"
 	# the reference we are byte-compatible with (read by tests/test_megatron_compat.py), not a dependency
 	$(VPY) -m pip install -q --no-deps --ignore-requires-python megatron-core==0.19.2
 	touch $(STAMP)
