@@ -214,7 +214,7 @@ def pretrain(cfg, log=print, task=None) -> dict:
         log(f"resumed from {reader.path} at iteration {state['iteration']} "
             f"({state['consumed_samples']} samples consumed)")
         changed = data_changes(reader.meta.get("config", {}), cfg)
-        if changed:
+        if changed and not t.skip_train:  # --skip-train evaluates other data on purpose: nothing continues
             log(f"warning: {', '.join(changed)} since the checkpoint: continuing after its "
                 f"{state['consumed_samples']} consumed samples in the new settings' sample order")
     wandb_id = run_id(t.wandb_project, state.get("wandb_run_id"), host_sync.host_group(p.distributed_timeout_minutes))

@@ -2,8 +2,8 @@
 
 Each sample holds one pair: the chosen and the rejected sequence in one row, each attending only
 to itself (data/dpo_dataset.py). The model's per-token cross entropy gives the policy
-log-probabilities ``log p(label) = -CE``; summed over a side's completion label positions they
-are pi_c and pi_r. The reference's sums r_c, r_r come from ``--ref-logps`` (computed once by
+log-probabilities ``log p(label) = -CE``; summed (in float64) over a side's completion label
+positions they are pi_c and pi_r. The reference's sums r_c, r_r come from ``--ref-logps`` (computed once by
 tools/compute_ref_logps.py; no second model in memory). Dropout is forced to 0, in the policy here
 and in the reference pass (a known source of reference mismatch). With
 
@@ -13,15 +13,17 @@ the per-pair loss is (``--dpo-loss``, beta = ``--dpo-beta``, eps = ``--dpo-label
 
 - ``sigmoid``: -(1 - eps) log sigma(beta Delta) - eps log sigma(-beta Delta) — DPO (Rafailov et al.
   2023, "Direct Preference Optimization", eq. 7) with the conservative-DPO label smoothing
-  (Mitchell 2023, "A note on DPO with noisy preferences"); TRL's ``loss_type="sigmoid"``.
-- ``ipo``: (Delta_avg - 1 / (2 beta))^2 with log-probabilities averaged per completion token
+  (Mitchell 2023, "A note on DPO with noisy preferences"); TRL's ``loss_type="sigmoid"`` (its
+  ``label_smoothing`` in TRL 0.x; TRL 1.x's sigmoid has none).
+- ``ipo``: (Delta_avg - 1 / (2 beta))^2 with each side's log-ratio averaged per completion token
   (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
   Preferences", eq. 17; per-token averaging as TRL does on the authors' advice). Rewards and
-  ``logps/*`` are then per-token averages too, as in TRL.
+  ``logps/*`` stay summed, as TRL 1.x logs them (TRL 0.x logged per-token averages for IPO).
 - ``hinge``: max(0, 1 - beta Delta) (SLiC-HF, Zhao et al. 2023); TRL's ``loss_type="hinge"``.
 
 ``--dpo-sft-weight w`` adds w x the mean NLL over the global batch's chosen completion tokens
-(RPO, Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's ``rpo_alpha``).
+(RPO, Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL 0.x ``rpo_alpha``, TRL 1.x
+``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, w]``).
 The step's loss is the mean over the global batch's pairs (plus that term), so gradients do not
 depend on the micro-batch / accumulation / DP split. Logged with TRL's names: ``loss``,
 ``rewards/chosen`` = beta (pi_c - r_c), ``rewards/rejected``, ``rewards/accuracies`` (chosen
@@ -38,8 +40,7 @@ import torch.nn.functional as F
 
 from megatron_th.config import ConfigError
 from megatron_th.data.dpo_dataset import SIDES, build_dpo_datasets, collate
-from megatron_th.data.loader import FullPassLoader, PretrainingLoader
-from megatron_th.training.tasks.base import Task
+from megatron_th.training.tasks.base import CollatedSamples, Task, pad_token
 from megatron_th.training.tasks.lm import sample_counts
 
 STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -91,10 +92,11 @@ def read_ref_logps(path: str, prefix: str, load_meta: dict | None) -> dict:
     return {k: table[k].double() for k in REF_KEYS}
 
 
-class DPOTask(Task):
+class DPOTask(CollatedSamples, Task):
     """``--dpo``; with ``reference=True`` the forward-only reference pass of compute_ref_logps."""
 
     name = "dpo"
+    collate = staticmethod(collate)
     loss_name = "loss"
     stat_names = STATS
 
@@ -120,31 +122,21 @@ class DPOTask(Task):
                 raise ConfigError("--dpo needs --ref-logps FILE (tools/compute_ref_logps.py --load SFT_CKPT "
                                   f"--data-path {prefix} --output FILE)")
             self.ref = read_ref_logps(t.ref_logps, prefix, getattr(self, "load_meta", None))
-        pad = tokenizer.pad if getattr(tokenizer, "pad", None) is not None and tokenizer.pad >= 0 else tokenizer.eod
         log("DPO: dropout forced to 0 (policy and reference must see the same network)")
         return build_dpo_datasets(prefix, d.split, cfg.model.seq_length, t.seed, sample_counts(cfg, resumed),
-                                  pad_token_id=pad, log=log, cache_dir=d.data_cache_path, group=group,
+                                  pad_token_id=pad_token(tokenizer), log=log, cache_dir=d.data_cache_path, group=group,
                                   vocab_size=vocab_size)
-
-    def loader(self, cfg, dataset, tokenizer, consumed=0, dp_rank=0, dp_size=1):
-        d = cfg.data
-        return PretrainingLoader(dataset, d.global_batch_size, d.micro_batch_size, tokenizer.eod, dp_rank, dp_size,
-                                 consumed, collate=collate)
-
-    def full_pass_loader(self, cfg, dataset, tokenizer, dp_rank=0, dp_size=1, group=None):
-        loader = FullPassLoader([dataset.one_epoch(group)], cfg.data.global_batch_size, cfg.data.micro_batch_size,
-                                collate, dp_rank, dp_size)
-        loader.names = [dataset.name]
-        return loader
 
     # -- the loss ---------------------------------------------------------------------------------------
     def _policy(self, per_token, mb):
-        """Per pair: summed completion log-probs and token counts of each side (device tensors)."""
+        """Per pair: summed completion log-probs and token counts of each side (float64 device
+        tensors [b]). Summed in float64: a reward is a small difference of two sums over hundreds of
+        tokens, which float32 summation would blur."""
         dev = per_token.device
-        logp = -per_token.float()
+        logp = -per_token.double()
         out = {}
         for side in SIDES:
-            mask = mb[f"{side}_mask"].to(dev)
+            mask = mb[f"{side}_mask"].to(dev, torch.float64)
             out[side] = (logp * mask).sum(1)
             out[side + "_n"] = mask.sum(1).clamp(min=1.0)
         return out
@@ -164,19 +156,21 @@ class DPOTask(Task):
         ids = mb["pair_ids"]
         ref = {k: self.ref[k][ids].to(per_token.device) for k in REF_KEYS}
         pc, pr = pol["chosen"], pol["rejected"]
-        rc, rr = ref["chosen_logps"], ref["rejected_logps"]
-        if self.kind == "ipo":
+        # log-ratios in float64, as the sums and the table
+        ratio_c, ratio_r = pc - ref["chosen_logps"], pr - ref["rejected_logps"]
+        if self.kind == "ipo":  # per-token averaged log-ratios in the loss only (TRL 1.x: metrics stay summed)
             nc, nr = ref["chosen_tokens"].clamp(min=1.0), ref["rejected_tokens"].clamp(min=1.0)
-            pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
-        delta = (pc - pr) - (rc - rr).to(pc.dtype)
+            delta = ratio_c / nc - ratio_r / nr
+        else:
+            delta = ratio_c - ratio_r
         if self.kind == "sigmoid":
             losses = -(1 - self.eps) * F.logsigmoid(self.beta * delta) - self.eps * F.logsigmoid(-self.beta * delta)
         elif self.kind == "ipo":
             losses = (delta - 1 / (2 * self.beta)) ** 2
         else:
             losses = torch.relu(1 - self.beta * delta)
-        nll = -(-per_token.float() * mb["chosen_mask"].to(per_token.device)).sum()
-        rew_c, rew_r = self.beta * (pc - rc.to(pc.dtype)).detach(), self.beta * (pr - rr.to(pr.dtype)).detach()
+        nll = -pc.sum()  # summed NLL of the chosen completion tokens
+        rew_c, rew_r = self.beta * ratio_c.detach(), self.beta * ratio_r.detach()
         return losses, nll, rew_c, rew_r, pc.detach(), pr.detach()
 
     def loss(self, per_token, mb):
@@ -215,7 +209,3 @@ class DPOTask(Task):
             return {"pairs": sums[-1]}
         n = max(sums[-1], 1.0)
         return {k: v / n for k, v in zip(STATS[:-2], sums[:-2])}
-
-    @property
-    def _pairs_total(self) -> float:
-        return getattr(self, "_pairs", 1.0)
