@@ -108,12 +108,7 @@ def records(log_dir):
     return [json.loads(line) for line in open(os.path.join(log_dir, "metrics.jsonl"))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: as the runs' --num-threads 1
 
 
 @pytest.fixture(scope="module")

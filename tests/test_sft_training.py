@@ -78,14 +78,7 @@ def assert_grads_equal(a: dict, b: dict, rtol=1e-5, what=""):
 
 
 # ------------------------------------------------------------------------------------ data
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread, as the runs' --num-threads 1 (two threads on the shared 2-core machine are
-    several times slower for these tiny matrices); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: as the runs' --num-threads 1
 
 
 @pytest.fixture(scope="module")
