@@ -423,6 +423,8 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
     need(not (t.sft and t.dpo), "--sft and --dpo are mutually exclusive")
     need(t.dpo_beta > 0, f"--dpo-beta {t.dpo_beta} must be positive")
     need(0.0 <= t.dpo_label_smoothing < 0.5, f"--dpo-label-smoothing {t.dpo_label_smoothing} must be in [0, 0.5)")
+    need(not t.dpo_label_smoothing or t.dpo_loss == "sigmoid",
+         f"--dpo-label-smoothing applies to --dpo-loss sigmoid only (got --dpo-loss {t.dpo_loss})")
     need(t.log_interval > 0, "--log-interval must be positive")
     for name in ("save_interval", "eval_interval", "keep_last"):
         val = getattr(t, name)
