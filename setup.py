@@ -13,7 +13,8 @@ ext = Pybind11Extension(
     include_dirs=["csrc"],
     depends=["csrc/kernels.h"],
     cxx_std=17,
-    extra_compile_args=["-O3"],
+    extra_compile_args=["-O3", "-pthread"],  # blending.cpp starts std::threads (glibc < 2.34 needs -pthread)
+    extra_link_args=["-pthread"],
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})

@@ -1,7 +1,13 @@
 #!/usr/bin/env python
-"""Data pipeline throughput: preprocess tokens/s (1 vs 2 workers), sample-index build (C++ vs numpy
-reference), loader samples/s. Prints a table and writes JSON. Not a test: nothing is asserted."""
+"""Data pipeline throughput: preprocess tokens/s (1 vs 2 workers; benchmarks/preprocess_throughput.py
+compares against the tool at b6a12b9 and the tokenizer's limit), sample-index build (C++ vs numpy
+reference), blending indices (ours vs megatron-core 0.19.2's C++ helper, same inputs, identical
+output, median of alternating runs), loader samples/s. Prints a table and writes JSON. Not a test:
+nothing is asserted. ``--parts blending`` runs one part alone (the machine's load average is printed
+next to each timing: re-run on a quiet machine for the table in docs/performance.md)."""
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import sys
@@ -65,13 +71,58 @@ def bench_sample_index(total_tokens: int, seq_length: int, reps: int) -> dict:
         res[f"{name}_checksum"] = int(out.sum())
     res["speedup"] = res["numpy_reference_seconds"] / res["cpp_seconds"]
     res["identical"] = res["cpp_checksum"] == res["numpy_reference_checksum"]
-    # the blending kernel too, at 1M samples over 4 datasets
-    w = np.array([0.4, 0.3, 0.2, 0.1])
-    for name, fn in (("cpp", kernels.build_blending_indices), ("numpy_reference", kernels_ref.build_blending_indices)):
-        t = time.perf_counter()
-        fn(w, 1_000_000 if name == "cpp" else 100_000)
-        res[f"blend_{name}_us_per_sample"] = (time.perf_counter() - t) / (1_000_000 if name == "cpp" else 100_000) * 1e6
     return res
+
+
+def megatron_helpers():
+    """megatron-core's compiled ``megatron/core/datasets/helpers_cpp`` loaded from its file (the
+    package's own imports need triton; `make install` puts megatron-core 0.19.2 in with --no-deps)."""
+    folder = str(importlib.metadata.distribution("megatron-core").locate_file("megatron/core/datasets"))
+    so = [f for f in os.listdir(folder) if f.startswith("helpers_cpp") and f.endswith(".so")]
+    if not so:
+        raise FileNotFoundError(f"{folder}: no compiled helpers_cpp")
+    spec = importlib.util.spec_from_file_location("helpers_cpp", os.path.join(folder, so[0]))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bench_blending(samples: int, weights: list[float], runs: int) -> dict:
+    """Blending indices for ``samples`` outputs over len(weights) datasets: megatron-core's helper
+    (output arrays allocated with np.zeros, as its BlendedDataset does) vs ours with its default
+    threads and with one thread, each timed including its output allocation; the order of the three
+    rotates every run. Ratios are per run (ours / theirs), reported as medians."""
+    helpers = megatron_helpers()
+    w = np.asarray(weights, dtype=np.float64)
+    norm = w / sum(w.tolist())  # what ours normalizes to (summed left to right)
+
+    def theirs():
+        index, sample = np.zeros(samples, dtype=np.int16), np.zeros(samples, dtype=np.int64)
+        helpers.build_blending_indices(index, sample, norm, len(norm), samples, False)
+        return index, sample
+
+    sides = {"megatron_core": theirs, "ours": lambda: kernels.build_blending_indices(w, samples),
+             "ours_1_thread": lambda: kernels.build_blending_indices(w, samples, num_threads=1)}
+    ref = theirs()
+    identical = all(all(np.array_equal(a, b) for a, b in zip(fn(), ref)) for fn in sides.values())
+    del ref
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    loads = []
+    names = list(sides)
+    for r in range(runs):
+        loads.append(os.getloadavg()[0])
+        for name in names[r % 3:] + names[:r % 3]:
+            t = time.perf_counter()
+            out = sides[name]()
+            times[name].append(time.perf_counter() - t)
+            del out
+    ratio = [o / m for o, m in zip(times["ours"], times["megatron_core"])]
+    ratio1 = [o / m for o, m in zip(times["ours_1_thread"], times["megatron_core"])]
+    return {"samples": samples, "weights": weights, "runs": runs, "identical": bool(identical),
+            "threads": os.cpu_count(), "seconds": times,
+            "median_ms": {k: float(np.median(v)) * 1e3 for k, v in times.items()},
+            "ratio_median": float(np.median(ratio)), "ratio_1_thread_median": float(np.median(ratio1)),
+            "ratios": ratio, "load_average_1min": loads}
 
 
 def bench_loader(tmp: str, seq_length: int, batches: int) -> dict:
@@ -87,32 +138,58 @@ def bench_loader(tmp: str, seq_length: int, batches: int) -> dict:
             "tokens_per_sec": batches * 32 * seq_length / dt}
 
 
+PARTS = ("preprocess", "sample_index", "blending", "loader")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--corpus-mb", type=float, default=50.0, help="repeat the embedded corpus to this size")
     p.add_argument("--index-tokens", type=int, default=100_000_000)
     p.add_argument("--seq-length", type=int, default=2048)
+    p.add_argument("--blend-samples", type=int, default=10_000_000)
+    p.add_argument("--blend-weights", type=float, nargs="+", default=[0.5, 0.3, 0.2])
+    p.add_argument("--blend-runs", type=int, default=9, help="alternating runs of each side (median reported)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure")
     p.add_argument("--json", default="benchmarks/results/data_pipeline.json")
     a = p.parse_args()
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        pre = bench_preprocess(tmp, a.corpus_mb, [1, 2])
-        idx = bench_sample_index(a.index_tokens, a.seq_length, reps=3)
-        ld = bench_loader(tmp, 1024, 200)
-    print(f"\npreprocess ({pre[0]['input_mb']:.1f} MB of jsonl, {pre[0]['tokens'] / 1e6:.1f}M tokens)")
-    print(f"{'workers':>8} {'seconds':>9} {'Mtok/s':>8} {'MB/s':>7}")
-    for r in pre:
-        print(f"{r['workers']:>8} {r['seconds']:>9.1f} {r['tokens_per_sec'] / 1e6:>8.2f} {r['mb_per_sec']:>7.2f}")
-    print(f"\nsample index: {idx['tokens'] / 1e6:.0f}M tokens, {idx['documents']} docs, {idx['samples']} samples "
-          f"of {idx['seq_length']}")
-    print(f"  C++ {idx['cpp_seconds'] * 1e3:.1f} ms | numpy reference {idx['numpy_reference_seconds'] * 1e3:.1f} ms "
-          f"| speedup {idx['speedup']:.1f}x | identical {idx['identical']}")
-    print(f"  blending: C++ {idx['blend_cpp_us_per_sample']:.3f} us/sample | reference "
-          f"{idx['blend_numpy_reference_us_per_sample']:.3f} us/sample")
-    print(f"\nloader: {ld['samples_per_sec']:.0f} samples/s ({ld['tokens_per_sec'] / 1e6:.2f}M tokens/s) at seq "
-          f"{ld['seq_length']}, with position ids, loss mask and cu_seqlens")
+        if "preprocess" in a.parts or "loader" in a.parts:
+            out["preprocess"] = bench_preprocess(tmp, a.corpus_mb, [1, 2])
+        if "sample_index" in a.parts:
+            out["sample_index"] = bench_sample_index(a.index_tokens, a.seq_length, reps=3)
+        if "blending" in a.parts:
+            out["blending"] = bench_blending(a.blend_samples, a.blend_weights, a.blend_runs)
+        if "loader" in a.parts:
+            out["loader"] = bench_loader(tmp, 1024, 200)
+    if "preprocess" in out:
+        pre = out["preprocess"]
+        print(f"\npreprocess ({pre[0]['input_mb']:.1f} MB of jsonl, {pre[0]['tokens'] / 1e6:.1f}M tokens)")
+        print(f"{'workers':>8} {'seconds':>9} {'Mtok/s':>8} {'MB/s':>7}")
+        for r in pre:
+            print(f"{r['workers']:>8} {r['seconds']:>9.1f} {r['tokens_per_sec'] / 1e6:>8.2f} {r['mb_per_sec']:>7.2f}")
+    if "sample_index" in out:
+        idx = out["sample_index"]
+        print(f"\nsample index: {idx['tokens'] / 1e6:.0f}M tokens, {idx['documents']} docs, {idx['samples']} "
+              f"samples of {idx['seq_length']}")
+        print(f"  C++ {idx['cpp_seconds'] * 1e3:.1f} ms | numpy reference {idx['numpy_reference_seconds'] * 1e3:.1f} "
+              f"ms | speedup {idx['speedup']:.1f}x | identical {idx['identical']}")
+    if "blending" in out:
+        b = out["blending"]
+        m = b["median_ms"]
+        print(f"\nblending indices: {b['samples'] / 1e6:g}M samples x {len(b['weights'])} datasets, median of "
+              f"{b['runs']} alternating runs, identical output: {b['identical']}")
+        print(f"  megatron-core 0.19.2 helper {m['megatron_core']:.1f} ms | ours {m['ours']:.1f} ms "
+              f"({b['ratio_median']:.2f}x its time) | ours on 1 thread {m['ours_1_thread']:.1f} ms "
+              f"({b['ratio_1_thread_median']:.2f}x)")
+        print("  load average (1 min) at each run: " + " ".join(f"{x:.1f}" for x in b["load_average_1min"]))
+    if "loader" in out:
+        ld = out["loader"]
+        print(f"\nloader: {ld['samples_per_sec']:.0f} samples/s ({ld['tokens_per_sec'] / 1e6:.2f}M tokens/s) at seq "
+              f"{ld['seq_length']}, with position ids, loss mask and cu_seqlens")
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:
-        json.dump({"preprocess": pre, "sample_index": idx, "loader": ld}, f, indent=1)
+        json.dump(out, f, indent=1)
     print(f"\nwrote {a.json}")
     return 0
 

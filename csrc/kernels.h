@@ -31,9 +31,12 @@ void build_sample_idx(const int32_t* sizes, const int64_t* doc_idx, int64_t seq_
 std::string normalize_blending_weights(const double* weights, int64_t n, double* normalized);
 
 // Greedy blending: output i comes from d = argmax_d weights[d]*max(i,1) - taken[d] (lowest d on
-// ties); dataset_index[i] = d, dataset_sample_index[i] = taken[d]++. weights: normalized.
-void build_blending_indices(const double* weights, int64_t n, int64_t size, int16_t* dataset_index,
-                            int64_t* dataset_sample_index);
+// ties); dataset_index[i] = d, dataset_sample_index[i] = taken[d]++. weights: normalized. Built by
+// num_threads threads (<= 0: one per core, at most one per 2^20 outputs), each chunk after the
+// first from a guessed state `warmup` steps ahead, checked and rebuilt when wrong: the output never
+// depends on either. Returns the number of chunks rebuilt.
+int64_t build_blending_indices(const double* weights, int64_t n, int64_t size, int16_t* dataset_index,
+                               int64_t* dataset_sample_index, int num_threads = 0, int64_t warmup = 4096);
 
 // ---- packed sequences (packing.cpp) -----------------------------------------------------------
 // Metadata of tokens [b, s] (s > 0) packed with EOD separators; an EOD closes its document.

@@ -47,7 +47,7 @@ static py::array_t<int64_t> sample_idx(arr<int32_t> sizes, arr<int64_t> doc_idx,
   return out;
 }
 
-static py::tuple blending(arr<double> weights, int64_t size) {
+static py::tuple blending(arr<double> weights, int64_t size, int num_threads, int64_t warmup) {
   require_ndim(weights, 1, "weights");
   if (size < 0) throw py::value_error("size must be >= 0, got " + std::to_string(size));
   const int64_t n = weights.shape(0);
@@ -59,7 +59,7 @@ static py::tuple blending(arr<double> weights, int64_t size) {
   int64_t* sp = sample.mutable_data();
   {
     py::gil_scoped_release release;
-    mth::build_blending_indices(w.data(), n, size, ip, sp);
+    mth::build_blending_indices(w.data(), n, size, ip, sp, num_threads, warmup);
   }
   return py::make_tuple(index, sample);
 }
@@ -118,8 +118,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_samples"),
         "int64 [num_samples+1, 2]: (position in doc_idx, token offset) where each sample starts; "
         "row num_samples is the last token of the last sample.");
-  m.def("build_blending_indices", &blending, py::arg("weights"), py::arg("size"),
-        "(dataset_index int16 [size], dataset_sample_index int64 [size]) by greedy weighted blending.");
+  m.def("build_blending_indices", &blending, py::arg("weights"), py::arg("size"), py::arg("num_threads") = 0,
+        py::arg("warmup") = 4096,
+        "(dataset_index int16 [size], dataset_sample_index int64 [size]) by greedy weighted blending "
+        "(Megatron's rule and arithmetic). num_threads <= 0: one per core, at most one per 2^20 samples; "
+        "warmup: steps run before each later chunk from a guessed state (a testing knob: the result never "
+        "depends on it or on num_threads).");
   m.def("packed_metadata", &packing, py::arg("tokens"), py::arg("eod"), py::arg("reset_position_ids"),
         py::arg("eod_mask_loss"),
         "(position_ids int64 [b,s], loss_mask float32 [b,s], cu_seqlens int32) of EOD-packed tokens.");

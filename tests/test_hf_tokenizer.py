@@ -98,6 +98,14 @@ def test_random_strings(ours, hf, corpus_dir):
         assert hf.decode(ids) == ours.decode(ids), repr(s)
 
 
+def test_batch_encode_equals_encode(hf_dir, corpus_dir):
+    """Preprocessing encodes a task's texts in one call (issue 19): the same ids as one by one."""
+    tok = HFTokenizer(hf_dir)
+    texts = TRICKY + corpus_texts(corpus_dir)[:20]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert [a.tolist() for a in tok.encode_arrays(texts)] == [tok.encode(t) for t in texts]
+
+
 def test_special_tokens_and_no_bos(ours, hf, hf_dir):
     assert (hf.unk_token, hf.bos_token, hf.eos_token, hf.pad_token) == ("<unk>", "<s>", "</s>", "<pad>")
     assert (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (0, 1, 2, 3)

@@ -185,6 +185,8 @@ class IndexedDatasetBuilder:
 
     Both files appear under their real names only at the end (rename), so an interrupted build
     never leaves a valid-looking half dataset. Use as a context manager: an exception discards.
+    ``add_documents`` takes many one-sequence documents as one token buffer and their lengths (the
+    preprocessing workers' output); the files are the same as from ``add_document`` per document.
     """
 
     def __init__(self, prefix: str | os.PathLike, dtype=np.uint16):
@@ -196,35 +198,59 @@ class IndexedDatasetBuilder:
         self._bin_tmp = bin_path(prefix) + ".tmp"
         self._idx_tmp = idx_path(prefix) + ".tmp"
         self._bin = open(self._bin_tmp, "wb")
-        self._lengths: list[int] = []
+        self._n_seq = 0
+        self._lengths: list[int] = []      # since the last add_documents, then joined with ...
         self._doc_idx: list[int] = [0]
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []  # ... earlier (lengths, doc index) blocks
 
-    def add_item(self, tokens) -> None:
-        """Append one sequence (any int array-like); values must fit the dtype."""
+    def _write_tokens(self, tokens) -> int:
         arr = np.asarray(tokens)
-        if arr.size and self.dtype.kind in "ui":
+        if arr.size and self.dtype.kind in "ui" and arr.dtype != self.dtype:
             info = np.iinfo(self.dtype)
             if arr.min() < info.min or arr.max() > info.max:
                 raise ValueError(f"{self.prefix}: token id out of range for {self.dtype}")
-        self._bin.write(arr.astype(self.dtype, copy=False).tobytes(order="C"))
-        self._lengths.append(int(arr.size))
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self._bin.write(memoryview(arr).cast("B"))
+        return int(arr.size)
+
+    def add_item(self, tokens) -> None:
+        """Append one sequence (any int array-like); values must fit the dtype."""
+        self._lengths.append(self._write_tokens(tokens))
+        self._n_seq += 1
 
     def end_document(self) -> None:
-        self._doc_idx.append(len(self._lengths))
+        self._doc_idx.append(self._n_seq)
 
     def add_document(self, tokens) -> None:
         self.add_item(tokens)
         self.end_document()
 
+    def add_documents(self, tokens, lengths) -> None:
+        """Append ``len(lengths)`` documents of one sequence each: document i is the next
+        ``lengths[i]`` tokens of the 1-D ``tokens`` (``sum(lengths) == tokens.size``; values must
+        fit the dtype; a buffer already of the dataset's dtype is written as it is)."""
+        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if len(lengths) and (lengths.min() < 0 or lengths.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{self.prefix}: document lengths must be in [0, 2^31)")
+        tokens = np.asarray(tokens).reshape(-1)
+        if int(lengths.sum()) != tokens.size:
+            raise ValueError(f"{self.prefix}: lengths sum to {int(lengths.sum())}, tokens hold {tokens.size}")
+        self._write_tokens(tokens)
+        self._parts.append((np.asarray(self._lengths, dtype="<i4"), np.asarray(self._doc_idx, dtype="<i8")))
+        self._parts.append((lengths.astype("<i4"), self._n_seq + np.arange(1, len(lengths) + 1, dtype="<i8")))
+        self._n_seq += len(lengths)
+        self._lengths, self._doc_idx = [], []
+
     def finalize(self) -> None:
         self._bin.flush()
         os.fsync(self._bin.fileno())
         self._bin.close()
-        lengths = np.asarray(self._lengths, dtype="<i4")
+        parts = self._parts + [(np.asarray(self._lengths, dtype="<i4"), np.asarray(self._doc_idx, dtype="<i8"))]
+        lengths = np.concatenate([p[0] for p in parts])
         pointers = np.zeros(len(lengths), dtype="<i8")
         if len(lengths) > 1:
             np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        doc_idx = np.asarray(self._doc_idx, dtype="<i8")
+        doc_idx = np.concatenate([p[1] for p in parts])
         with open(self._idx_tmp, "wb") as f:
             f.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], len(lengths), len(doc_idx)))
             f.write(lengths.tobytes())

@@ -66,9 +66,12 @@ def _normalize(weights) -> np.ndarray:
     return w / total
 
 
-def build_blending_indices(weights, size: int):
+def build_blending_indices(weights, size: int, num_threads: int = 0, warmup: int = 4096):
     """(dataset_index int16 [size], dataset_sample_index int64 [size]): output i comes from the
-    dataset d maximising w[d]*max(i, 1) - taken[d] (w normalised; lowest d on ties)."""
+    dataset d maximising w[d]*max(i, 1) - taken[d] (w normalised; lowest d on ties). This is
+    Megatron's rule (megatron/core/datasets/helpers.cpp ``build_blending_indices``), evaluated one
+    output at a time; ``num_threads`` and ``warmup`` (how the C++ kernel splits the work) are
+    accepted and ignored, since the result does not depend on them."""
     size = int(size)
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")

@@ -16,6 +16,9 @@ UTF-8 file can hold it), malformed JSON, a non-object, a missing key or a non-st
 Blank lines are not records (``Record.blank``). With ``keys=None`` a record keeps the whole decoded
 object in ``Record.obj`` instead (chat records, whose values are lists of messages), and only a
 non-object is rejected here; the caller checks the shape.
+
+tools/preprocess_data.py reads the same records in blocks, parsed where its workers run
+(megatron_th/data/read_blocks.py).
 """
 from __future__ import annotations
 
@@ -145,52 +148,65 @@ def _split(f, head: bytes, newline: bytes, unit: int, start: int = 0) -> Iterato
         buf += block
 
 
+def parse_line(rec: Record, raw: bytes, codec: str, keys) -> Record:
+    """Fills ``rec`` from one line's bytes ``raw`` (its terminator and a CR before it removed) in
+    ``codec``: blank, an error with its reason, or the checked object (``_check``)."""
+    try:
+        line = raw.decode(codec)
+    except UnicodeDecodeError as e:
+        rec.error = BAD_UTF8 if codec == "utf-8" else BAD_ENCODING
+        rec.detail = f"{codec}, byte {e.start}: {e.reason}"
+        return rec
+    while line.startswith("\ufeff"):
+        line = line[1:]
+    if not line or line.isspace():
+        rec.blank = True
+        return rec
+    try:
+        obj = _DECODER.decode(line)
+    except json.JSONDecodeError as e:
+        rec.error, rec.detail = MALFORMED_JSON, e.msg
+        return rec
+    except (ValueError, RecursionError) as e:   # e.g. an integer of > 4300 digits
+        rec.error = MALFORMED_JSON
+        rec.detail = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0][:100]
+        return rec
+    # decoding was strict: a surrogate can only come from a JSON escape "\ud83d"
+    return _check(rec, obj, keys, "\\u" in line)
+
+
+def _stream(raw_f, path: str):
+    return gzip.open(raw_f) if path.endswith(".gz") else raw_f
+
+
+def _read_head(f):
+    """(first block after any BOM, codec, code-unit bytes, BOM bytes, line terminator, CR) of ``f``."""
+    head = f.read(_BLOCK)
+    codec, unit, bom = _codec(head[:4])
+    head = head[bom:]
+    nl = "\n".encode(codec)
+    if nl not in head and "\r".encode(codec) in head:   # old Mac line endings
+        nl = "\r".encode(codec)
+    return head, codec, unit, bom, nl, "\r".encode(codec)
+
+
+def _unreadable(path: str, line: int, e: BaseException) -> Record:
+    return Record(path, line, error=UNREADABLE_FILE, detail=f"{type(e).__name__}: {e}"[:120], pos=os.path.getsize(path))
+
+
 def _iter_jsonl(path: str, keys) -> Iterator[Record]:
     with open(path, "rb") as raw_f:
-        f = gzip.open(raw_f) if path.endswith(".gz") else raw_f
-        n = 0
+        f, n = _stream(raw_f, path), 0
         try:
-            head = f.read(_BLOCK)
-            codec, unit, bom = _codec(head[:4])
-            head = head[bom:]
-            nl = "\n".encode(codec)
-            if nl not in head and "\r".encode(codec) in head:   # old Mac line endings
-                nl = "\r".encode(codec)
-            cr = "\r".encode(codec)
+            head, codec, unit, bom, nl, cr = _read_head(f)
             for raw, end in _split(f, head, nl, unit, bom):
                 n += 1  # position: exact for plain files; the compressed position for .gz
                 rec = Record(path, n, pos=end if f is raw_f else raw_f.tell())
                 if raw.endswith(cr) and len(raw) % unit == 0:
                     raw = raw[:-len(cr)]
-                try:
-                    line = raw.decode(codec)
-                except UnicodeDecodeError as e:
-                    rec.error = BAD_UTF8 if codec == "utf-8" else BAD_ENCODING
-                    rec.detail = f"{codec}, byte {e.start}: {e.reason}"
-                    yield rec
-                    continue
-                while line.startswith("\ufeff"):
-                    line = line[1:]
-                if not line or line.isspace():
-                    rec.blank = True
-                    yield rec
-                    continue
-                try:
-                    obj = _DECODER.decode(line)
-                except json.JSONDecodeError as e:
-                    rec.error, rec.detail = MALFORMED_JSON, e.msg
-                    yield rec
-                    continue
-                except (ValueError, RecursionError) as e:   # e.g. an integer of > 4300 digits
-                    rec.error = MALFORMED_JSON
-                    rec.detail = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0][:100]
-                    yield rec
-                    continue
-                # decoding was strict: a surrogate can only come from a JSON escape "\ud83d"
-                yield _check(rec, obj, keys, "\\u" in line)
+                yield parse_line(rec, raw, codec, keys)
         except (EOFError, OSError, zlib.error) as e:
-            yield Record(path, n + 1, error=UNREADABLE_FILE, detail=f"{type(e).__name__}: {e}"[:120],
-                         pos=os.path.getsize(path))
+            yield _unreadable(path, n + 1, e)
         finally:
             if f is not raw_f:
                 f.close()
@@ -262,6 +278,13 @@ class Rejects:
         for k in rec.keys_seen:
             if k in self.keys_seen or len(self.keys_seen) < 1000:
                 self.keys_seen[k] += 1
+
+    def seen_counts(self, counts: dict) -> None:
+        """``seen`` for many records at once: ``counts`` maps each key to its number of records, in
+        the order the keys first appeared (the same tally as ``seen`` record by record)."""
+        for k, c in counts.items():
+            if k in self.keys_seen or len(self.keys_seen) < 1000:
+                self.keys_seen[k] += c
 
     def add(self, where: str, reason: str, detail: str = "", action: str = "skipped", count: bool = True):
         if count:

@@ -11,6 +11,8 @@ import os
 import re
 from functools import cached_property
 
+import numpy as np
+
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 
 # Characters removed before training and before encoding: zero-width space and the BOM /
@@ -19,7 +21,8 @@ _INVISIBLE = re.compile("[\u200b\ufeff]")
 
 
 def strip_invisible(text: str) -> str:
-    return _INVISIBLE.sub("", text)
+    # two substring tests are ~20x cheaper than the regex on text that has neither (nearly all)
+    return _INVISIBLE.sub("", text) if "\u200b" in text or "\ufeff" in text else text
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int = 128) -> int:
@@ -96,6 +99,24 @@ class SentencePieceTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode([strip_invisible(t) for t in texts])
 
+    def encode_arrays(self, texts: list[str], num_threads: int = 1) -> list[np.ndarray]:
+        """``encode`` of each text as a 1-D integer array (int32 with sentencepiece >= 0.2.1, whose
+        ``encode(list, out_type="numpy")`` runs the batch in C++ threads without the GIL and returns
+        buffers instead of Python ints; older versions give int64 arrays made from the id lists).
+        ``num_threads``: sentencepiece's threads for this batch (1 in a worker process that is
+        itself one of several). Raises what sentencepiece raises for any text of the batch."""
+        texts = [strip_invisible(t) for t in texts]
+        if self._numpy_out:
+            return self.sp.encode(texts, out_type="numpy", num_threads=num_threads)
+        return [np.asarray(ids, dtype=np.int64) for ids in self.sp.encode(texts, num_threads=num_threads)]
+
+    @cached_property
+    def _numpy_out(self) -> bool:
+        try:  # sentencepiece 0.2.0 has no numpy output type
+            return isinstance(self.sp.encode(["a"], out_type="numpy")[0], np.ndarray)
+        except Exception:
+            return False
+
     def decode(self, ids) -> str:
         return self.sp.decode([int(i) for i in ids])
 
@@ -151,7 +172,18 @@ class HFTokenizer:
         return norm.normalize_str(text) if norm is not None else text
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
+        """``encode`` of each text. A fast (Rust ``tokenizers``) tokenizer encodes the list in one
+        call, as its ``encode`` does for a one-text list (transformers' ``_encode_plus`` hands both to
+        ``Tokenizer.encode_batch``, which runs without the GIL on Rust threads); others text by text."""
+        if not getattr(self.tok, "is_fast", False) or not texts:
+            return [self.encode(t) for t in texts]
+        return self.tok(list(texts), add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+
+    def encode_arrays(self, texts: list[str], num_threads: int = 1) -> list[np.ndarray]:
+        """``encode_batch`` as int64 arrays (``num_threads`` is not used: the Rust tokenizer sizes its
+        own pool, ``RAYON_NUM_THREADS``)."""
+        return [np.asarray(ids, dtype=np.int64) for ids in self.encode_batch(texts)]
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids])
