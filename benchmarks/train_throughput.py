@@ -20,6 +20,7 @@ from megatron_th.config import Config, finalize  # noqa: E402
 from megatron_th.model.flops import flops_per_iteration  # noqa: E402
 from megatron_th.model.gpt import build_model  # noqa: E402
 from megatron_th.training.metrics import measure_matmul_tflops  # noqa: E402
+from megatron_th.training.compile import compile_layers  # noqa: E402
 from megatron_th.training.optimizer import MixedPrecisionOptimizer  # noqa: E402
 
 
@@ -127,8 +128,11 @@ def main() -> int:
         if not a.no_compile:
             compiled = torch.compile(plain)
             runs["plain compiled"] = lambda: plain_step(compiled)
-            cmodel = torch.compile(model)
-            runs["megatron_th --compile"] = lambda: (cmodel(tokens=idx, labels=tgt).mean().backward(), opt.step(1e-4))
+            # what --compile does: each transformer layer compiled (training/compile.py), on a twin model
+            cmodel = build_model(m, a.vocab, seed=0, dtype=dtype)
+            compile_layers([cmodel])
+            copt = MixedPrecisionOptimizer(list(cmodel.named_parameters()), cfg.optim)
+            runs["megatron_th --compile"] = lambda: (cmodel(tokens=idx, labels=tgt).mean().backward(), copt.step(1e-4))
         try:
             from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -9,6 +9,13 @@ Activations are ``[b, s, h]``; sequence parallelism splits dim 1 (the sequence).
 Torch renamed collectives over time (``all_gather_into_tensor`` -> ``all_gather_single``,
 ``reduce_scatter_tensor`` -> ``reduce_scatter_single`` in 2.13): ``_AG`` / ``_RS`` below are the
 one compatibility point, so older torch on GPU clusters works too.
+
+Under ``torch.compile`` (``--compile`` compiles each transformer layer: training/compile.py) the
+Python counting would run once, at trace time, and a counter mutated inside an autograd.Function
+breaks dynamo's graph. So while dynamo traces, ``all_reduce`` / ``all_gather`` / ``reduce_scatter``
+call the custom ops below instead (``megatron_th::all_reduce_`` etc.): opaque graph nodes whose
+eager implementations run the same c10d collective and count it at run time, in the compiled
+forward and backward alike, so a compiled step counts the same bytes as an eager one.
 """
 from __future__ import annotations
 
@@ -60,9 +67,60 @@ def rank(group) -> int:
     return dist.get_rank(group) if group is not None and dist.is_initialized() else 0
 
 
+# -- the collectives as custom ops, for compiled code (see the module docstring) ------------------
+def _group(group_name: str):
+    from torch.distributed.distributed_c10d import _resolve_process_group
+    return _resolve_process_group(group_name)
+
+
+@torch.library.custom_op("megatron_th::all_reduce_", mutates_args=("t",))
+def _all_reduce_op(t: torch.Tensor, group_name: str, reduce_max: bool) -> None:
+    """In-place sum (or max) of ``t`` over the group named ``group_name``; counted."""
+    group = _group(group_name)
+    COUNTER.add("all_reduce", _name(group), _nbytes(t))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if reduce_max else dist.ReduceOp.SUM, group=group)
+
+
+@torch.library.custom_op("megatron_th::all_gather", mutates_args=())
+def _all_gather_op(t: torch.Tensor, group_name: str) -> torch.Tensor:
+    """Every rank's contiguous ``t`` concatenated along dim 0; counted."""
+    group = _group(group_name)
+    out = t.new_empty((dist.get_world_size(group) * t.shape[0],) + tuple(t.shape[1:]))
+    COUNTER.add("all_gather", _name(group), _nbytes(out))
+    _AG(out, t, group=group)
+    return out
+
+
+@_all_gather_op.register_fake
+def _(t, group_name):
+    return t.new_empty((dist.get_world_size(_group(group_name)) * t.shape[0],) + tuple(t.shape[1:]))
+
+
+@torch.library.custom_op("megatron_th::reduce_scatter", mutates_args=())
+def _reduce_scatter_op(t: torch.Tensor, group_name: str) -> torch.Tensor:
+    """This rank's dim-0 part of the sum of every rank's contiguous ``t``; counted."""
+    group = _group(group_name)
+    out = t.new_empty((t.shape[0] // dist.get_world_size(group),) + tuple(t.shape[1:]))
+    COUNTER.add("reduce_scatter", _name(group), _nbytes(t))
+    _RS(out, t, group=group)
+    return out
+
+
+@_reduce_scatter_op.register_fake
+def _(t, group_name):
+    return t.new_empty((t.shape[0] // dist.get_world_size(_group(group_name)),) + tuple(t.shape[1:]))
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling()
+
+
 # -- plain collectives (counted) -----------------------------------------------------------------
 def all_reduce(t: torch.Tensor, group=None, op=dist.ReduceOp.SUM, async_op: bool = False):
     """In place; returns the tensor, or with ``async_op`` the work handle (None if no-op)."""
+    if size(group) > 1 and not async_op and _tracing() and op in (dist.ReduceOp.SUM, dist.ReduceOp.MAX):
+        _all_reduce_op(t, group.group_name, op == dist.ReduceOp.MAX)
+        return t
     if size(group) > 1:
         COUNTER.add("all_reduce", _name(group), _nbytes(t))
         work = dist.all_reduce(t, op=op, group=group, async_op=async_op)
@@ -87,6 +145,8 @@ def all_gather(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
     if n == 1:
         return t
     x = t.movedim(dim, 0).contiguous()
+    if _tracing():
+        return _all_gather_op(x, group.group_name).movedim(0, dim)
     out = torch.empty((n * x.shape[0],) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
     COUNTER.add("all_gather", _name(group), _nbytes(out))
     _AG(out, x, group=group)
@@ -100,6 +160,8 @@ def reduce_scatter(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
     x = t.movedim(dim, 0).contiguous()
     if x.shape[0] % n:
         raise ValueError(f"reduce_scatter: dim {dim} of size {x.shape[0]} is not divisible by {n} ranks")
+    if _tracing():
+        return _reduce_scatter_op(x, group.group_name).movedim(0, dim)
     out = torch.empty((x.shape[0] // n,) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
     COUNTER.add("reduce_scatter", _name(group), _nbytes(x))
     _RS(out, x, group=group)

@@ -168,7 +168,7 @@ class PipelineRunner:
         if vs > 0:
             x = received.pop(("act", mb_id, vs - 1, vs))
             x.requires_grad_(not forward_only)
-            inputs.pop("tokens")
+            inputs.pop("tokens", None)  # not loaded on stages without the embedding (training/pretrain.py)
             inputs["hidden_states"] = x
         if vs < self.nvs - 1:
             inputs.pop("labels", None)

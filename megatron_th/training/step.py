@@ -9,23 +9,34 @@ from __future__ import annotations
 
 import torch
 
+from megatron_th.data.prefetch import DEVICE_INPUTS, MODEL_INPUT_KEYS
 from megatron_th.model.documents import DocumentPlan
 
 
 def model_inputs(mb: dict, device) -> dict:
     """Keyword arguments of GPTModel.forward for one micro-batch on ``device``.
 
-    tokens, position_ids, labels [b, s] are copied to ``device``; the micro-batch's ``cu_seqlens``
+    tokens, position_ids, labels [b, s] are copied to ``device`` (those present: a pipeline stage
+    without the embedding gets no tokens, one without the loss no labels; early copies made by
+    data/prefetch.py are taken as they are); the micro-batch's ``cu_seqlens``
     (CPU int32, from the data loader) becomes ``documents``: a DocumentPlan validated and laid out
     here on the host, once per micro-batch, so that no attention layer reads device values (a host
     sync per layer on a GPU). Raises ValueError for invalid cu_seqlens.
     """
-    keys = ("tokens", "position_ids", "labels")
-    out = {k: mb[k].to(device, non_blocking=True) for k in keys if k in mb}
+    early = mb.get(DEVICE_INPUTS, {})
+    out = {k: early[k] if k in early else mb[k].to(device, non_blocking=True) for k in MODEL_INPUT_KEYS if k in mb}
     if mb.get("cu_seqlens") is not None:
-        b, s = mb["tokens"].shape
+        b, s = mb["tokens" if "tokens" in mb else "position_ids"].shape  # no tokens past the first stage
         out["documents"] = DocumentPlan(mb["cu_seqlens"], b, s, device=torch.device(device))
     return out
+
+
+def unused_inputs(groups) -> set:
+    """Micro-batch keys this rank's pipeline stages never read, left out when the loop's batches
+    are built (data/prefetch.py ``drop_keys``): ``tokens`` past the first stage (the embedding's
+    input), ``labels`` before the last (the loss's). Position ids, cu_seqlens and the loss mask
+    (the normalizer every rank computes) reach every stage."""
+    return ({"tokens"} if not groups.is_first_stage else set()) | ({"labels"} if not groups.is_last_stage else set())
 
 
 def _default_task():
