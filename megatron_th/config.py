@@ -122,6 +122,33 @@ class OptimConfig:
     loss_scale_window: int = F(1000, "fp16: clean steps before the scale doubles.")
     hysteresis: int = F(2, "fp16: overflows tolerated before the scale halves.")
     max_skipped_iters: int = F(10, "Abort after this many consecutive skipped (NaN/Inf) steps.")
+    optimizer: str = F("adam", "adam (AdamW) | sgd | adafactor | muon (Megatron's --optimizer; adafactor is ours). "
+                               "When to use each: docs/optimizers.md.", choices=["adam", "sgd", "adafactor", "muon"])
+    sgd_momentum: float = F(0.9, "SGD momentum (0: plain SGD, no optimizer state).")
+    muon_momentum: float = F(0.9, "Muon: momentum of its internal SGD (Megatron's default 0.9; torch.optim.Muon's 0.95).")
+    muon_use_nesterov: bool = F(False, "Muon: Nesterov momentum (torch.optim.Muon's default; Megatron's is off).")
+    muon_split_qkv: bool = F(True, "Muon: orthogonalise q, k, v (and a gated MLP's gate, up) as separate matrices, "
+                                   "as Megatron does (its --muon-no-split-qkv is --no-muon-split-qkv here).")
+    muon_scale_mode: str = F("spectral", "Muon: update scale for an out x in matrix: spectral sqrt(max(out, in)), "
+                                         "unit_rms_norm sqrt(out/in), shape_scaling sqrt(max(1, out/in)) "
+                                         "(torch.optim.Muon's default).",
+                             choices=["spectral", "unit_rms_norm", "shape_scaling"])
+    muon_num_ns_steps: int = F(5, "Muon: Newton-Schulz iterations.")
+    muon_fp32_matmul_prec: str = F("medium", "Muon: Newton-Schulz matmuls in bf16 (low, medium: torch.optim.Muon's "
+                                             "numerics) or fp32 (high).", choices=["low", "medium", "high"])
+    muon_tp_mode: str = F("duplicated", "Muon under TP: every TP rank gathers the full matrix and orthogonalises it "
+                                        "(Megatron's duplicated mode; blockwise / distributed are not implemented).",
+                          choices=["duplicated"])
+    muon_extra_scale_factor: float = F(1.0, "Muon: extra factor on the scaled update.")
+    adafactor_beta2_decay: float = F(-0.8, "Adafactor: second-moment decay exponent, 1 - beta2_t = t^decay "
+                                           "(torch.optim.Adafactor's beta2_decay).")
+    adafactor_eps1: Optional[float] = F(None, "Adafactor: floor of the second-moment estimate (default: fp32 eps).")
+    adafactor_eps2: float = F(1e-3, "Adafactor: floor of the parameter RMS that scales the step.")
+    adafactor_d: float = F(1.0, "Adafactor: update clipping threshold d (torch's d; HF's clip_threshold).")
+    ema_decay: Optional[float] = F(None, "Keep an fp32 EMA of the (master) weights with this decay beta in [0, 1), "
+                                         "updated after each optimizer step and saved with the checkpoint (optim.ema.*).")
+    ema_start_iter: int = F(0, "EMA: until this many optimizer steps have been applied, the EMA is a copy of the "
+                               "weights.")
 
 
 @dataclass
@@ -169,6 +196,7 @@ class TrainConfig:
     async_save: bool = F(False, "Write checkpoints from a CPU copy in a background thread; committed at the next save or the end.")
     eval_interval: Optional[int] = F(None, "Evaluate every N steps.")
     eval_iters: int = F(2, "Batches per evaluation.")
+    eval_ema: bool = F(False, "Each evaluation also runs with the EMA weights (--ema-decay), logged as split valid_ema.")
     log_interval: int = F(10, "Steps between console/JSONL log lines.")
     log_dir: Optional[str] = F(None, "metrics.jsonl directory (default: --save, else runs/).")
     tensorboard_dir: Optional[str] = F(None, "TensorBoard directory (when tensorboard is installed).")
@@ -423,13 +451,26 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
     need(not (t.sft and t.dpo), "--sft and --dpo are mutually exclusive")
     need(t.dpo_beta > 0, f"--dpo-beta {t.dpo_beta} must be positive")
     need(0.0 <= t.dpo_label_smoothing < 0.5, f"--dpo-label-smoothing {t.dpo_label_smoothing} must be in [0, 0.5)")
-    need(not t.dpo_label_smoothing or t.dpo_loss == "sigmoid",
-         f"--dpo-label-smoothing applies to --dpo-loss sigmoid only (got --dpo-loss {t.dpo_loss})")
     need(t.log_interval > 0, "--log-interval must be positive")
+    check_optimizer_options(o, t, need)
     for name in ("save_interval", "eval_interval", "keep_last"):
         val = getattr(t, name)
         need(val is None or val > 0, f"--{name.replace('_', '-')} must be positive")
     return cfg
+
+
+def check_optimizer_options(o: OptimConfig, t: TrainConfig, need) -> None:
+    """--optimizer's hyper-parameters and the EMA flags (docs/optimizers.md)."""
+    need(o.sgd_momentum >= 0, f"--sgd-momentum {o.sgd_momentum} must be >= 0")
+    need(0 <= o.muon_momentum < 1, f"--muon-momentum {o.muon_momentum} must be in [0, 1)")
+    need(o.muon_num_ns_steps >= 1, f"--muon-num-ns-steps {o.muon_num_ns_steps} must be >= 1")
+    need(o.adafactor_beta2_decay <= 0, f"--adafactor-beta2-decay {o.adafactor_beta2_decay} must be <= 0")
+    need(o.adafactor_d >= 1, f"--adafactor-d {o.adafactor_d} must be >= 1")
+    need(o.adafactor_eps1 is None or o.adafactor_eps1 >= 0, "--adafactor-eps1 must be >= 0")
+    need(o.adafactor_eps2 >= 0, "--adafactor-eps2 must be >= 0")
+    need(o.ema_decay is None or 0 <= o.ema_decay < 1, f"--ema-decay {o.ema_decay} must be in [0, 1)")
+    need(o.ema_start_iter >= 0, "--ema-start-iter must be >= 0")
+    need(not t.eval_ema or o.ema_decay is not None, "--eval-ema needs --ema-decay")
 
 
 def check_model_options(m: ModelConfig, need) -> None:

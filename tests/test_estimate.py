@@ -41,6 +41,13 @@ GPT3 = dict(num_layers=96, hidden_size=12288, num_attention_heads=96, seq_length
 # XGLM-7.5B's shape (Lin et al. 2021): 32 layers, h 4096, 32 heads, ffn 16384, vocab 256008, tied
 XGLM = dict(num_layers=32, hidden_size=4096, num_attention_heads=32, ffn_hidden_size=16384, seq_length=2048,
             fp16=True, micro_batch_size=1, global_batch_size=1024)
+# every architecture option of issue 15 at once (Gemma 3 + Qwen3 + Llama 3.1 shapes), head dim != h / heads
+NEW_OPTIONS = dict(qk_layernorm=True, sandwich_norm=True, apply_layernorm_1p=True, swiglu=False, geglu=True,
+                   openai_gelu=True, scale_embeddings=True, query_pre_attn_scalar=24.0, window_size=16,
+                   rope_local_base_freq=10000.0, use_rope_scaling=True, rope_scaling_type="linear", kv_channels=24,
+                   normalization="RMSNorm", position_embedding_type="rope", disable_bias_linear=True,
+                   num_query_groups=2, hidden_dropout=0.0, attention_dropout=0.0)
+SLIDING = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs, bytes/param
@@ -57,6 +64,32 @@ def test_gpt3_175b_tflops_per_gpu_as_narayanan_report():
     f = est["flops"]
     assert f["seconds_per_iteration"] == pytest.approx(f["model_per_iteration"] / (1024 * 312e12 * 0.4))
     assert f["gpu_hours"] == pytest.approx(f["seconds"] * 1024 / 3600)
+
+
+def test_windowed_attention_flops_count_the_symmetric_band():
+    from megatron_th.model.flops import attention_keys_per_query, flops_per_iteration
+
+    for s, w in ((64, 1), (64, 16), (64, 63), (100, 37), (8, 8), (8, 50)):
+        i, j = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        band = int(((i - j).abs() < min(w, s)).sum())  # the causal window |i - j| < W, mirrored
+        causal = sum(min(w, p + 1) for p in range(s))   # keys query p really attends to
+        assert attention_keys_per_query(s, w) * s == pytest.approx(band, rel=1e-12) == 2 * causal - s
+    assert attention_keys_per_query(64, None) == 64  # Megatron's full s x s
+    # per layer: 2 of 4 layers slide; a window >= s counts as a full layer; existing configs unchanged
+    kw = dict(num_layers=4, hidden_size=64, num_attention_heads=4, seq_length=64, swiglu=True)
+    full, slid = model_cfg(**kw).model, model_cfg(**kw, window_size=16,
+                                                 layer_types=["sliding_attention", "full_attention"] * 2).model
+    core = 4 * 4 * 16 * 8 * 64  # 4 heads x head dim 16, batch 8 x seq 64 tokens
+    for rc, times in ((None, 3), ("selective", 4)):
+        diff = flops_per_iteration(full, 8, 64, 1000, rc) - flops_per_iteration(slid, 8, 64, 1000, rc)
+        assert diff == pytest.approx(times * 2 * core * (64 - attention_keys_per_query(64, 16)), rel=1e-12)
+    long_window = model_cfg(**kw, window_size=64).model
+    assert flops_per_iteration(long_window, 8, 64, 1000) == flops_per_iteration(full, 8, 64, 1000)
+    # the chunked loss (4096 tokens > 384 per chunk) computes the logits again in backward: hardware FLOPs only
+    est = estimate(model_cfg(**dict(kw, seq_length=4096), micro_batch_size=1, global_batch_size=8),
+                   vocab_size=152064, advise=False)["flops"]
+    assert est["loss_recomputes_logits"]
+    assert est["hardware_per_iteration"] - est["model_per_iteration"] == pytest.approx(2 * 64 * 152064 * 8 * 4096)
 
 
 @pytest.mark.parametrize("d", [1, 2, 4, 8, 64])
@@ -111,6 +144,10 @@ BLOCKS = {
                                      disable_bias_linear=True, untie_embeddings_and_output_weights=True,
                                      hidden_dropout=0.0, attention_dropout=0.0),
 }
+# QK-norm, sandwich and (1 + w) norms, GeGLU, scaled embeddings, a window on 2 of 3 layers with its own
+# RoPE, head dim 24 != 64 / 4
+EVERY_NEW_OPTION = dict(NEW_OPTIONS, num_layers=3, hidden_size=64, num_attention_heads=4, seq_length=64,
+                        layer_types=SLIDING[:3])
 
 
 @pytest.mark.parametrize("recompute", [None, "selective", "full"])
@@ -131,6 +168,67 @@ def test_activation_bytes_equal_what_autograd_saves(block, recompute):
     assert predicted == pytest.approx(measured, rel=0.10)
     if recompute != "full":  # full recompute keeps the RoPE tables by reference, out of the hooks' sight
         assert predicted == pytest.approx(measured, rel=1e-4)
+
+
+@pytest.mark.parametrize("case", ["fp32", "fp32_selective", "bf16_attention_dropout_chunked_loss"])
+def test_activation_bytes_with_every_new_option(monkeypatch, case):
+    """The new options together (fp32, without and with selective recompute; the window's [s, s] mask
+    kept on CPU), and in bf16 with attention dropout (CPU: the math path, in fp32) and the loss chunked
+    (16-token chunks instead of 256 MiB): what autograd saves, to the byte but the cross entropy's
+    4-byte scalar. (Full recompute: the Llama block above; the 111 and 211_sp runs below add a window,
+    QK-norm and sandwich norms under TP + SP.)"""
+    from megatron_th.model import loss as lm_loss
+    from megatron_th.model.gpt import build_model
+
+    b, vocab = 2, 1000
+    kw, prec, recompute = dict(EVERY_NEW_OPTION), "fp32", None
+    if case == "fp32_selective":
+        recompute = "selective"
+    elif case.startswith("bf16"):
+        prec, kw["attention_dropout"] = "bf16", 0.1
+        monkeypatch.setattr(lm_loss, "LOSS_CHUNK_BYTES", 16 * 1000 * 4)
+    m = model_cfg(**kw, recompute_granularity=recompute, micro_batch_size=b, global_batch_size=b).model
+    s = m.seq_length
+    model = build_model(m, vocab, seed=0, dtype=torch.bfloat16 if prec == "bf16" else torch.float32)
+    g = torch.Generator().manual_seed(0)
+    inputs = {"tokens": torch.randint(0, vocab, (b, s), generator=g),
+              "labels": torch.randint(0, vocab, (b, s), generator=g), "position_ids": torch.arange(s).repeat(b, 1)}
+    measured = saved_activation_bytes(model, inputs, torch.ones(b, s))["activation_bytes"]
+    vp = padded_vocab_size(vocab, m.make_vocab_size_divisible_by)
+    k = act.kernels_for(m, prec, "cpu")
+    parts = act.chunk_bytes(m, s, b, vocab, vp, 1, False, recompute, k, m.num_layers, True, True)
+    assert abs(sum(parts.values()) - measured) <= 4
+    terms = act.layer_terms(m, s, b, recompute=recompute, k=k, window=16)
+    assert "q and k norms (QK-norm)" in terms and "post-attention and post-MLP norms (sandwich)" in terms
+
+
+def test_loss_memory_as_predicted(monkeypatch):
+    """Saved bytes + transient of the LM loss (estimate/loss_memory.py) against the live-bytes peak
+    of its forward + backward counted by allocation on the meta device, at Qwen2.5's vocabulary and
+    4096 tokens: chunked (TP 1: 384-token chunks; TP 2: 832) and, with a 16x larger chunk, unchunked."""
+    from benchmarks.loss_memory import loss_fn
+    from megatron_th.utils.alloc_trace import record_live_bytes
+    from megatron_th.estimate import loss_memory
+    from megatron_th.model import loss as lm_loss
+
+    vocab, n, h = 152064, 4096, 1024
+    for chunk_bytes, path in ((lm_loss.LOSS_CHUNK_BYTES, "chunked"), (16 * lm_loss.LOSS_CHUNK_BYTES, "unchunked")):
+        for dtype, d in ((torch.bfloat16, 2), (torch.float32, 4)):
+            for tp in (1, 2):
+                rows = vocab // tp
+                x = torch.empty(1, n, h, device="meta", dtype=dtype, requires_grad=True)
+                w = torch.empty(rows, h, device="meta", dtype=dtype, requires_grad=True)
+                labels = torch.empty(1, n, device="meta", dtype=torch.long)
+                monkeypatch.setattr(lm_loss, "LOSS_CHUNK_BYTES", chunk_bytes)
+                with record_live_bytes("meta") as rec:
+                    loss = loss_fn("chunked", tp)(x, w, labels, min(vocab, rows))  # the model's path
+                    loss.sum().backward()
+                    del loss
+                plan = loss_memory.loss_plan(n, vocab, vocab, tp)
+                predicted = (sum(loss_memory.saved_terms(n, vocab, vocab, tp).values())
+                             + loss_memory.transient_bytes(n, h, vocab, vocab, tp, d))
+                assert plan["chunked"] == (path == "chunked")
+                assert predicted == pytest.approx(rec.peak_bytes, rel=0.01), (path, dtype, tp)
 
 
 def test_pipeline_inflight_micro_batches():
@@ -171,7 +269,10 @@ def test_chinchilla_closed_form_is_the_minimum():
 
 @pytest.mark.parametrize("kw", [dict(), dict(untie_embeddings_and_output_weights=True, swiglu=True,
                                            normalization="RMSNorm", position_embedding_type="rope",
-                                           disable_bias_linear=True, add_qkv_bias=True, num_query_groups=2)])
+                                           disable_bias_linear=True, add_qkv_bias=True, num_query_groups=2),
+                                dict(NEW_OPTIONS, layer_types=SLIDING),
+                                dict(NEW_OPTIONS, layer_types=SLIDING, normalization="LayerNorm", geglu=False,
+                                     swiglu=True, untie_embeddings_and_output_weights=True)])
 def test_param_list_equals_the_model(kw):
     from megatron_th.model.gpt import GPTModel
 
@@ -239,11 +340,29 @@ def test_cli_example_and_errors(capsys):
         assert err.startswith("error: ") and flag in err and "\n" not in err
 
 
+@pytest.mark.parametrize("recipe,params", [("cpt_qwen2.5_7b_thai.yaml", 7.616e9),
+                                           ("cpt_llama3.1_8b_thai.yaml", 8.030e9)])
+def test_cpt_recipes_parse_and_estimate(capsys, recipe, params):
+    from tools.estimate import main
+
+    path = os.path.join(ROOT, "examples", recipe)
+    cfg = finalize(parse_config(["--config", path])[0], 8)  # as pretrain_gpt.py reads it, at world 8
+    assert cfg.train.use_checkpoint_args and cfg.optim.lr <= 3e-5 and cfg.parallel.use_distributed_optimizer
+    assert cfg.data.global_batch_size * cfg.model.seq_length == 2 ** 21  # 2M tokens per step
+    assert [float(x) for x in cfg.data.data_path[::2]] == [0.75, 0.25]
+    assert main(["--config", path, "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert est["params"]["total"] == pytest.approx(params, rel=1e-3)  # the published sizes: 7.62B, 8.03B
+    assert est["layout"]["dp"] == 4 and est["memory"]["fits"] and est["model"]["loss"] == "chunked"
+
+
 # ---------------------------------------------------------------------------------------------- measured per rank
 
 LAYOUTS = {  # name -> (world, flags): (TP, PP, DP) = (1,1,1), (2,1,1), (1,2,1), (1,1,2) + Zero-1
-    "111": (1, []),
-    "211_sp": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--hidden-dropout", "0.1"]),
+    "111": (1, ["--window-size", "16", "--layer-types", "sliding_attention", "full_attention"]),  # seq 32
+    # + QK-norm and sandwich norms: their parameters are replicated over TP, the post norms see sequence shards
+    "211_sp": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--hidden-dropout", "0.1",
+                   "--qk-layernorm", "--sandwich-norm"]),
     "121_bf16": (2, ["--pipeline-model-parallel-size", "2", "--bf16"]),
     # odd-sized buckets (GeLU fc1 bias of 65) so Zero-1 pads them and the DP ranks own different amounts
     "112_zero_bf16": (2, ["--use-distributed-optimizer", "--bf16", "--ddp-bucket-size", "3000", "--no-swiglu",

@@ -1,12 +1,16 @@
 """Memory of one GPU by component, for every pipeline rank: static state (memory.py), the
-activations the pipeline schedule keeps in flight (activations.py), and the transient logits / fp32 gradient copies. The peak rank decides whether a layout fits.
+activations the pipeline schedule keeps in flight (activations.py), and the transients: the loss's
+(loss_memory.py) and, in fp16, the fp32 gradient copies of the optimizer step. The peak rank
+decides whether a layout fits.
 """
 from __future__ import annotations
 
 from megatron_th.data.tokenizer import padded_vocab_size
 from megatron_th.estimate import activations as act
+from megatron_th.estimate import loss_memory
 from megatron_th.estimate.memory import grad_bytes, precision, static_bytes
 from megatron_th.estimate.params import rank_params, virtual_stages
+from megatron_th.training.optimizers.state_bytes import with_optimizer_state
 
 
 def layout(cfg, gpus: int) -> dict:
@@ -39,15 +43,19 @@ def rank_memory(cfg, gpus: int, vocab_size: int, device: str = "cuda") -> list[d
         named = rank_params(m, cfg.parallel, vp, r)
         st = static_bytes([n for _, n in named], prec, grad_bytes(cfg), dp, lay["zero1"],
                           cfg.parallel.ddp_bucket_size)
+        st = with_optimizer_state(st, cfg, vp, r, dp)  # --optimizer's state and the EMA (training/optimizers)
         chunks = virtual_stages(m, cfg.parallel, r)
         parts = [act.chunk_bytes(m, s, mb, vocab_size, vp, tp, sp, lay["recompute"], k,
-                                 c["layer_range"][1] - c["layer_range"][0], c["pre_process"], c["post_process"])
+                                 c["layer_range"][1] - c["layer_range"][0], c["pre_process"], c["post_process"],
+                                 first_layer=c["layer_range"][0])
                  for c in chunks]
         peak, n_live = act.inflight(pp, r, micro, v, [sum(pt.values()) for pt in parts])
         p2p = act.p2p_send_bytes(pp, r, micro, v, s, mb, m.hidden_size, tp, sp, k.act_bytes)
         last = any(c["post_process"] for c in chunks)
-        # the head's [b, s, V/t] logits in the activation dtype and one fp32 gradient of them in backward
-        logits_transient = mb * s * (vp // tp) * (k.act_bytes + 4) if last else 0
+        # what the loss allocates and frees in its forward or backward (logits, their gradients or the
+        # chunked loss's tiles and accumulators), on top of the saved activations
+        logits_transient = (loss_memory.transient_bytes(mb * s, m.hidden_size, vocab_size, vp, tp, k.act_bytes)
+                            if last else 0)
         # fp16: the unscaled fp32 copies of the gradients exist during the optimizer step
         step_transient = st["owned_numel"] * 4 if (prec == "fp16" and grad_bytes(cfg) == 2) else 0
         layers = sum(c["layer_range"][1] - c["layer_range"][0] for c in chunks)

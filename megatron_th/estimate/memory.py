@@ -27,13 +27,15 @@ def grad_bytes(cfg) -> int:
     return 4 if (prec == "bf16" or cfg.parallel.accumulate_allreduce_grads_in_fp32) else ELEMENT_BYTES[prec]
 
 
-def bytes_per_param(prec: str, dp: int, zero1: bool, grad_elem_bytes: int) -> dict:
+def bytes_per_param(prec: str, dp: int, zero1: bool, grad_elem_bytes: int, state: float = 8.0) -> dict:
     """Per-parameter bytes by component, ignoring bucket padding (Megatron's table; see
-    training/memory.py ``analytic_bytes_per_param``): bf16 2 + 4 + (4 + 8)/d, fp32 4 + 4 + 8/d."""
+    training/memory.py ``analytic_bytes_per_param``): bf16 2 + 4 + (4 + 8)/d, fp32 4 + 4 + 8/d.
+    ``state``: optimizer-state bytes per parameter, AdamW's 8 by default (other optimizers and the
+    EMA: training/optimizers/state_bytes.py ``per_param``)."""
     shard = dp if zero1 else 1
     pb = ELEMENT_BYTES[prec]
     out = {"params": float(pb), "grads": float(grad_elem_bytes),
-           "master": (4.0 if pb < 4 else 0.0) / shard, "moments": 8.0 / shard}
+           "master": (4.0 if pb < 4 else 0.0) / shard, "moments": state / shard}
     out["total"] = sum(out.values())
     return out
 
@@ -63,17 +65,18 @@ def static_bytes(numels: list[int], prec: str, grad_elem_bytes: int, dp: int, ze
 
 
 def checkpoint_bytes(total_params: int, duplicated: int, prec: str, world: int, tp: int,
-                     device: str = "cuda") -> dict:
+                     device: str = "cuda", state: float = 8.0) -> dict:
     """Our checkpoint on disk (training/resume.py ``save_state``): every logical tensor once in its
     training dtype, plus fp32 Adam moments and, for 16-bit parameters, fp32 masters; a tensor that
     two stages hold (the tied embedding's copy on the last stage) is written by both; RNG states of
-    every rank. Small files (metadata.json, the tokenizer) and safetensors headers not included."""
+    every rank. Small files (metadata.json, the tokenizer) and safetensors headers not included.
+    ``state``: optimizer-state bytes per parameter (AdamW's 8; ``bytes_per_param``)."""
     pb = ELEMENT_BYTES[prec]
     stored = total_params + duplicated
     rng_per_rank = CPU_RNG_STATE_BYTES + (CUDA_RNG_STATE_BYTES if device == "cuda" else 0)
     if tp > 1:  # the per-TP-rank dropout stream (parallel/rng.py)
         rng_per_rank += CUDA_RNG_STATE_BYTES if device == "cuda" else CPU_RNG_STATE_BYTES
-    out = {"weights": stored * pb, "optimizer": stored * ((4 if pb < 4 else 0) + 8), "rng": world * rng_per_rank}
+    out = {"weights": stored * pb, "optimizer": round(stored * ((4 if pb < 4 else 0) + state)), "rng": world * rng_per_rank}
     out["total"] = sum(out.values())
     return out
 

@@ -29,15 +29,19 @@ class Param:
         return self.numel // tp if self.tp_dim is not None else self.numel
 
 
-def _norm(m, prefix: str) -> list[Param]:
-    out = [Param(prefix + ".weight", (m.hidden_size,), None)]
+def _norm(m, prefix: str, width: int | None = None) -> list[Param]:
+    """A norm over ``width`` (default hidden_size): weight, and bias for LayerNorm (replicated over TP)."""
+    width = width or m.hidden_size
+    out = [Param(prefix + ".weight", (width,), None)]
     if m.normalization == "LayerNorm":
-        out.append(Param(prefix + ".bias", (m.hidden_size,), None))
+        out.append(Param(prefix + ".bias", (width,), None))
     return out
 
 
 def layer_params(m, i: int) -> list[Param]:
-    """One transformer layer (``m`` is a finalized ModelConfig)."""
+    """One transformer layer (``m`` is a finalized ModelConfig), in the order model/blocks.py
+    registers them: input norm, qkv, proj, QK-norm (``[head_dim]`` each, replicated over TP), MLP
+    norm, fc1, fc2, then the sandwich norms (post-attention, post-MLP)."""
     h, hd, f = m.hidden_size, m.kv_channels, m.ffn_hidden_size
     qkv = (m.num_attention_heads + 2 * m.num_query_groups) * hd
     bias = not m.disable_bias_linear
@@ -49,6 +53,8 @@ def layer_params(m, i: int) -> list[Param]:
     out.append(Param(pre + "self_attention.linear_proj.weight", (h, m.num_attention_heads * hd), 1))
     if bias:
         out.append(Param(pre + "self_attention.linear_proj.bias", (h,), None))
+    if getattr(m, "qk_layernorm", False):
+        out += _norm(m, pre + "self_attention.q_layernorm", hd) + _norm(m, pre + "self_attention.k_layernorm", hd)
     out += _norm(m, pre + "pre_mlp_layernorm")
     out.append(Param(pre + "mlp.linear_fc1.weight", (f * (2 if m.gated_linear_unit else 1), h), 0))
     if bias:
@@ -56,6 +62,8 @@ def layer_params(m, i: int) -> list[Param]:
     out.append(Param(pre + "mlp.linear_fc2.weight", (h, f), 1))
     if bias:
         out.append(Param(pre + "mlp.linear_fc2.bias", (h,), None))
+    if getattr(m, "sandwich_norm", False):
+        out += _norm(m, pre + "post_self_attn_layernorm") + _norm(m, pre + "post_mlp_layernorm")
     return out
 
 

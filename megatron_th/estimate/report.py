@@ -29,12 +29,31 @@ def _rows(rows: list, width: int = 34) -> list[str]:
     return [f"  {k:<{width}} {v}" for k, v in rows]
 
 
+def _extras(mo: dict) -> str:
+    """The architecture options beyond the GPT/Llama block, as ", a, b" (empty when none)."""
+    out = []
+    if mo.get("kv_channels") and mo["kv_channels"] * mo["heads"] != mo["hidden"]:
+        out.append(f"head dim {mo['kv_channels']}")
+    if mo.get("rope_scaling"):
+        out.append(f"{mo['rope_scaling']} RoPE scaling")
+    if mo.get("qk_layernorm"):
+        out.append("QK-norm")
+    if mo.get("apply_layernorm_1p"):
+        out.append("(1 + w) norms")
+    if mo.get("sandwich_norm"):
+        out.append("sandwich norms")
+    if mo.get("sliding_layers"):
+        out.append(f"window {mo['window_size']} on {mo['sliding_layers']}/{mo['layers']} layers")
+    return "".join(", " + x for x in out)
+
+
 def _header(e: dict) -> list[str]:
     mo, lay, g = e["model"], e["layout"], e["gpu"]
-    mlp = "SwiGLU" if mo["swiglu"] else "GeLU"
+    mlp = "SwiGLU" if mo["swiglu"] else ("GeGLU" if mo.get("geglu") else "GeLU")
     return [
         f"model   {mo['layers']} layers, hidden {mo['hidden']}, {mo['heads']} heads ({mo['query_groups']} KV), "
-        f"ffn {mo['ffn']} {mlp}, {mo['normalization']}, {mo['position_embedding']}; seq {mo['seq_length']}; "
+        f"ffn {mo['ffn']} {mlp}, {mo['normalization']}, {mo['position_embedding']}{_extras(mo)}; "
+        f"seq {mo['seq_length']}; "
         f"vocab {mo['vocab']} (padded {mo['padded_vocab']}); {mo['precision']}",
         f"layout  {lay['gpus']} x {g['name']} ({g['peak_tflops']:g} TFLOP/s {mo['precision']}, {g['memory_gib']:g} GiB): "
         f"TP {lay['tp']} x PP {lay['pp']}" + (f" (x{lay['virtual_stages']} interleaved)" if lay["virtual_stages"] > 1 else "")
@@ -58,8 +77,9 @@ def _params(e: dict) -> list[str]:
 
 def _compute(e: dict) -> list[str]:
     f, rec = e["flops"], e["layout"]["recompute"] or "none"
+    again = " + the chunked loss's logits" if f.get("loss_recomputes_logits") else ""
     rows = [("FLOPs per token", f"model {f['model_per_token']:.3e}, hardware {f['hardware_per_token']:.3e} "
-             f"(recompute {rec})"),
+             f"(recompute {rec}{again})"),
             ("FLOPs per iteration", f"model {f['model_per_iteration']:.3e}, hardware {f['hardware_per_iteration']:.3e}; "
              f"with full recompute {f['with_full_recompute_per_iteration']:.3e}")]
     if "seconds_per_iteration" in f:
@@ -91,7 +111,7 @@ def _memory(e: dict) -> list[str]:
     row("activations in flight", "activations")
     row("  micro-batch chunks in flight", "inflight_chunks", fmt=str)
     row("  per layer, one micro-batch", "activation_per_layer")
-    row("logits (transient)", "logits_transient")
+    row(f"loss transient ({e['model'].get('loss', 'full logits')})", "logits_transient")
     row("total", "total")
     bpp = mem["bytes_per_param"]
     usable = e["gpu"]["usable_bytes"]

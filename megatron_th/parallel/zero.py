@@ -43,15 +43,15 @@ def gather_full_states(opt, states: dict, dst: int = 0) -> list:
     bucket order.
 
     Returns on DP rank ``dst`` ``[(f"optim.{kind}.{name}", fp32 CPU tensor of the parameter's
-    local shape, name)]``, kinds in the order exp_avg, exp_avg_sq (after the first step), master
-    (16-bit parameters), parameters in model order: the same entries and values as gathering whole
-    buffers gave. Other DP ranks get ``[]`` (they write no optimizer state).
+    local shape, name)]``, kinds in the order of ``opt.flat_state_kinds()`` (the rule's state after
+    the first step: exp_avg, exp_avg_sq for AdamW, momentum_buffer for SGD; master for 16-bit
+    parameters; ema with --ema-decay), parameters in model order: the same entries and values as
+    gathering whole buffers gave. Other DP ranks get ``[]`` (they write no optimizer state).
     """
     buffers = opt.buffers
     device = buffers.data.device
     writer = buffers.dp_rank == dst
-    kinds = (["exp_avg", "exp_avg_sq"] if opt.num_steps else []) + \
-        (["master"] if any(p.dtype != torch.float32 for p in opt.params) else [])  # same on every rank
+    kinds = opt.flat_state_kinds()  # the same on every rank
     by_param: dict = {}  # id(param) -> [(slot index, slot)]
     for i, s in enumerate(opt.slots):
         by_param.setdefault(id(s.param), []).append((i, s))

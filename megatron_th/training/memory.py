@@ -13,6 +13,9 @@ def _bytes(t) -> int:
 
 
 def storage_bytes(named_params, optimizer, buffers=None) -> dict:
+    """{params, grads, master, moments, total} bytes of this rank; ``moments`` is all the optimizer
+    state of the update rule (--optimizer: Adam's two moments, SGD's or Muon's momentum,
+    Adafactor's factors) plus the EMA (--ema-decay), and with an EMA ``ema``: the EMA alone."""
     params = [p for _, p in named_params]
     out = {"params": 0, "grads": 0, "master": 0, "moments": 0}
     if buffers is not None and buffers.param_data is not None:
@@ -26,9 +29,12 @@ def storage_bytes(named_params, optimizer, buffers=None) -> dict:
     for s in optimizer.slots:
         if s.param.dtype.is_floating_point and s.param.element_size() < 4:
             out["master"] += _bytes(s.master)
-        st = optimizer.opt.state.get(s.master, {}) if optimizer.opt else {}
-        out["moments"] += sum(_bytes(st[k]) for k in ("exp_avg", "exp_avg_sq") if k in st)
-    out["total"] = sum(out.values())
+    out["moments"] = sum(_bytes(t) for t in optimizer.rule.storages())
+    ema = getattr(optimizer, "ema", None)
+    if ema is not None:
+        out["ema"] = sum(_bytes(t) for t in ema.storages())
+        out["moments"] += out["ema"]
+    out["total"] = out["params"] + out["grads"] + out["master"] + out["moments"]
     return out
 
 

@@ -1,6 +1,7 @@
 """The pretraining loop: build -> (resume) -> train / evaluate / log -> save."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -13,6 +14,7 @@ import torch
 from megatron_th.config import ConfigError, finalize, parse_config
 from megatron_th.data.embedded import DEFAULT_TOKENIZER
 from megatron_th.data.gpt_dataset import BlendedDataset
+from megatron_th.data.prefetch import Prefetcher
 from megatron_th.data.tokenizer import load_tokenizer, model_vocab_size
 from megatron_th.model.flops import flops_per_iteration
 from megatron_th.model.gpt import GPTModel
@@ -24,11 +26,13 @@ from megatron_th.parallel.rng import stage_seed
 from megatron_th.parallel.stages import build_chunks
 from megatron_th.training.checkpoint import CheckpointError
 from megatron_th.training.checkpoint_args import apply_checkpoint_args
+from megatron_th.training.compile import check_compile, compile_layers
 from megatron_th.training.metrics import MetricsLogger, apply_tf32, peak_tflops, tf32_enabled
 from megatron_th.training.optimizer import MixedPrecisionOptimizer
+from megatron_th.training.optimizers import FLAT_SHARDED
 from megatron_th.training.resume import data_changes, load_state, save_state, tokenizer_files
 from megatron_th.training.schedules import LRSchedule
-from megatron_th.training.step import Stepper
+from megatron_th.training.step import Stepper, unused_inputs
 from megatron_th.training.tasks import make_task
 from megatron_th.training.wandb_log import open_wandb, run_id
 
@@ -138,8 +142,10 @@ def make_grad_buffers(cfg, named, groups) -> GradBuffers:
     p, o = cfg.parallel, cfg.optim
     grad_dtype = torch.float32 if (o.bf16 or p.accumulate_allreduce_grads_in_fp32) else named[0][1].dtype
     deferred = {TIED} if (groups.pp > 1 and not cfg.model.untie_embeddings_and_output_weights) else set()
-    return GradBuffers(named, groups, grad_dtype, p.ddp_bucket_size, p.use_distributed_optimizer,
-                       p.overlap_grad_reduce, deferred)
+    # Zero-1 by flat ranges (reduce-scatter) for elementwise optimizers; Adafactor and Muon own whole
+    # parameters instead and need every gradient whole (all-reduce; parallel/zero_params.py)
+    flat_zero1 = p.use_distributed_optimizer and o.optimizer in FLAT_SHARDED
+    return GradBuffers(named, groups, grad_dtype, p.ddp_bucket_size, flat_zero1, p.overlap_grad_reduce, deferred)
 
 
 def skip_train(cfg, model, stepper, datasets, tokenizer, metrics, state, groups, log) -> dict:
@@ -158,6 +164,11 @@ def skip_train(cfg, model, stepper, datasets, tokenizer, metrics, state, groups,
 def pretrain(cfg, log=print, task=None) -> dict:
     """Runs training as configured; returns a summary (final state, last losses). ``task``: the
     objective (training/tasks), default the one ``cfg`` names (make_task)."""
+    with contextlib.ExitStack() as run_scope:  # closes what the run opened (the prefetch thread) on any exit
+        return _pretrain(cfg, log, task, run_scope)
+
+
+def _pretrain(cfg, log, task, run_scope) -> dict:
     rank, world, device = init_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
     reader = apply_checkpoint_args(cfg, log if rank == 0 else (lambda *a, **k: None))
     finalize(cfg, world)
@@ -189,13 +200,16 @@ def pretrain(cfg, log=print, task=None) -> dict:
     tok_files = tokenizer_files(tok_path) if t.save else None  # in memory: the source may be pruned
     vocab = model_vocab_size(m, tokenizer)
     core = build_chunks(cfg, vocab, groups, device, dtype)
-    runners = [torch.compile(c) for c in core.chunks] if t.compile else core.chunks
+    if t.compile:  # each transformer layer, in place (training/compile.py)
+        check_compile(cfg, groups.tp)
+        compile_layers(core.chunks)
+    runners = core.chunks
     named = list(core.named_parameters())
     tied = not m.untie_embeddings_and_output_weights
     buffers = make_grad_buffers(cfg, named, groups)
     stepper = Stepper(runners, groups, cfg, dtype, device, trace=bool(t.pipeline_trace_dir), buffers=buffers,
                       finalize=lambda: finalize_grads(named, groups, tied), task=task)
-    optimizer = MixedPrecisionOptimizer(named, o, buffers)
+    optimizer = MixedPrecisionOptimizer(named, o, buffers, groups, m, zero1=p.use_distributed_optimizer)
     optimizer.norm_weight = norm_weights(named, groups)
     optimizer.reduce_sq_norm = sq_norm_reducer(groups, zero1=p.use_distributed_optimizer)
     schedule = LRSchedule.from_config(o)
@@ -229,7 +243,10 @@ def pretrain(cfg, log=print, task=None) -> dict:
     metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir, wandb=wb, extra=task.record)
     if t.skip_train:
         return skip_train(cfg, core, stepper, datasets, tokenizer, metrics, state, groups, log)
-    loader = task.loader(cfg, datasets["train"], tokenizer, state["consumed_samples"], groups.dp_rank, groups.dp)
+    # the next global batch is built in the background while this one trains (data/prefetch.py)
+    loader = run_scope.enter_context(Prefetcher(
+        task.loader(cfg, datasets["train"], tokenizer, state["consumed_samples"], groups.dp_rank, groups.dp),
+        batches=t.train_iters - state["iteration"], drop_keys=unused_inputs(groups), device=device))
     flops = flops_per_iteration(m, d.global_batch_size, m.seq_length, vocab) / world  # per device
     peak = peak_tflops(prec, device.type, t.peak_tflops, tf32) if is_logger else None  # only the logger uses it
     consecutive_skips, losses, gnorms, last_save, pending = 0, [], [], None, None
@@ -290,6 +307,11 @@ def pretrain(cfg, log=print, task=None) -> dict:
             ev = evaluate(cfg, model, stepper, datasets["valid"], tokenizer)
             if ev is not None:
                 metrics.eval(dict(ev, iteration=it, consumed_samples=state["consumed_samples"]))
+            if t.eval_ema:  # the same evaluation with the EMA weights swapped in, then swapped back
+                with optimizer.ema_weights():
+                    ev = evaluate(cfg, model, stepper, datasets["valid"], tokenizer)
+                if ev is not None:
+                    metrics.eval(dict(ev, split="valid_ema", iteration=it, consumed_samples=state["consumed_samples"]))
         if t.save and t.save_interval and it % t.save_interval == 0:
             if pending is not None:
                 last_save = pending.finish()

@@ -185,8 +185,9 @@ def save_state(cfg, model, optimizer, state: dict, tokenizer, keep_last=None, gr
         for n, p in params.items():
             pieces += _pieces(n, p, p, groups)
         private += [False] * (len(pieces) - len(private))
-        for key, t, pname in opt_state:
-            pieces += _pieces(key, t, params[pname], groups)
+    if groups.dp_rank == 0 or getattr(optimizer, "state_on_every_dp_rank", False):  # Zero-1 by whole params
+        for key, t, where in opt_state:  # where: the parameter's name, or a Layout (optimizers/__init__.py)
+            pieces += _pieces(key, t, params[where] if isinstance(where, str) else where, groups)
         private += [gathered] * (len(pieces) - len(private))
     pieces += rng_tensors(groups.rank, model)
     private += [False] * (len(pieces) - len(private))
@@ -291,13 +292,13 @@ def load_state(reader: CheckpointReader, model, optimizer, groups=None, weights_
     if optimizer is not None:
         params = dict(model.named_parameters())
         tensors = {}
-        for key, pname in optimizer.state_keys():
+        for key, where in optimizer.state_keys():  # where: the parameter's name, or a Layout
             if weights_only and not key.startswith("optim.master."):
                 continue
             if key in reader.tensors:
-                tensors[key] = _read_local(reader, key, params[pname], groups)
+                tensors[key] = _read_local(reader, key, params[where] if isinstance(where, str) else where, groups)
             elif key.startswith("optim.master."):  # weights-only checkpoint: masters from the saved
-                tensors[key] = _read_local(reader, pname, params[pname], groups)  # weights, full precision
+                tensors[key] = _read_local(reader, where, params[where], groups)  # weights, full precision
         fresh = {"step": 0, "loss_scaler": optimizer.scaler.state_dict()}
         meta = fresh if weights_only else reader.meta.get("optimizer", fresh)
         saved_fp16 = reader.meta.get("config", {}).get("optim", {}).get("fp16")
