@@ -247,15 +247,21 @@ class MixedPrecisionOptimizer:
             kinds.append("master")
         return kinds + (["ema"] if self.ema is not None else [])
 
+    def _slot_state(self, i: int, s) -> dict:
+        """{kind: tensor} of slot ``i``: the rule's state, the fp32 master of a 16-bit parameter,
+        the EMA."""
+        st = self.rule.state(s)
+        if s.param.dtype != torch.float32:
+            st["master"] = s.master
+        if self.ema is not None:
+            st["ema"] = self.ema.tensors[i]
+        return st
+
     def _slot_states(self):
         """{kind: [tensor per slot or None]} for the flat kinds (flat_state_kinds)."""
         out = {k: [] for k in self.flat_state_kinds()}
         for i, s in enumerate(self.slots):
-            st = self.rule.state(s)
-            if s.param.dtype != torch.float32:
-                st["master"] = s.master
-            if self.ema is not None:
-                st["ema"] = self.ema.tensors[i]
+            st = self._slot_state(i, s)
             for k in out:
                 out[k].append(st.get(k))
         return out
@@ -271,11 +277,7 @@ class MixedPrecisionOptimizer:
             return gather_full_states(self, self._slot_states())
         by_kind: dict = {}
         for i, s in enumerate(self.slots):
-            st = self.rule.state(s)
-            if s.param.dtype != torch.float32:
-                st["master"] = s.master
-            if self.ema is not None:
-                st["ema"] = self.ema.tensors[i]
+            st = self._slot_state(i, s)
             n = self.names[s.index]
             for kind, layout in self._slot_kinds(s).items():
                 if st.get(kind) is not None:
