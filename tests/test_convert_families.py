@@ -8,9 +8,9 @@ transformers, which is the reference the parity runs against):
   the base's, tokenizer files (chat template included) byte for byte; a config generated instead
   (``fresh_config``) reads in transformers as the base's does;
 - embeddings with more rows than the tokenizer has tokens (Qwen2.5) keep every row;
-- after import, 5 training steps give the same losses at TP 1, TP 2 + SP and PP 2 (one 2-process
-  launch), TP 2 gradients of the Qwen3 q/k-norm weights equal TP 1's, the trained checkpoint's
-  export matches transformers;
+- after import, 5 training steps give the same losses at TP 1, TP 2 + SP and PP 2, TP 2 gradients of
+  the Qwen3 q/k-norm weights equal TP 1's, the trained checkpoint's export matches transformers; the
+  same for the Gemma 3 of tests/test_convert_gemma3.py (4 steps), in the same 2-process launch;
 - refused configs name the key; ``--help`` lists the families and the refusals;
 - tools/preprocess_data.py with a Qwen-style ``hf:`` tokenizer appends its ``<|endoftext|>`` as EOD
   (it already did: that test pins the behaviour the issue asks for).
@@ -32,8 +32,10 @@ from megatron_th.convert.to_hf import export_to_hf  # noqa: E402
 from megatron_th.data.tokenizer import load_tokenizer  # noqa: E402
 from megatron_th.inference import load_for_inference  # noqa: E402
 from tests import dist as D  # noqa: E402
+from tests import test_convert_gemma3 as G3  # noqa: E402
 from tests.conftest import CORPUS  # noqa: E402
 from tests.test_convert_hf import QUIET, _assert_parity, _hf_model, _hf_tensors, _save_model  # noqa: E402
+from tests.test_convert_gemma3 import causal, tokenizer_files  # noqa: E402,F401 (fixtures: its Gemma 3)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -236,79 +238,40 @@ def test_preprocess_appends_the_bases_end_of_text(saved, tmp_path):
     assert eot == 700 and [list(ds[i]) for i in range(2)] == [auto.encode(t) + [eot] for t in texts]
 
 
-def _train(argv):
-    from megatron_th.config import parse_config
-    from megatron_th.training.pretrain import pretrain
-
-    cfg, _ = parse_config(argv)
-    return pretrain(cfg, log=QUIET)["losses"]
-
-
-def _qk_norm_grads(ck, tokens, tp):
-    """Gradients of every q/k-norm weight for the summed per-token loss of ``tokens`` (next-token
-    labels) at TP ``tp`` (1: the plain model; 2: the TP model, after finalize_grads' TP sum)."""
-    from megatron_th.config import Config, finalize
-    from megatron_th.data.tokenizer import model_vocab_size
-    from megatron_th.parallel.grads import finalize_grads
-    from megatron_th.parallel.groups import ParallelGroups
-    from megatron_th.parallel.stages import build_chunks
-    from megatron_th.training.resume import load_model, open_checkpoint, tokenizer_spec
-
-    x, y = tokens[:, :-1], tokens[:, 1:]
-    if tp == 1:
-        model = load_for_inference(ck)[0].train()
-        named = list(model.named_parameters())
-    else:
-        reader = open_checkpoint(ck)
-        cfg = Config.from_dict(reader.meta["config"])
-        cfg.parallel.tensor_model_parallel_size = tp
-        cfg.data.micro_batch_size = cfg.data.global_batch_size = x.shape[0]
-        finalize(cfg, tp)
-        groups = ParallelGroups.build(tp=tp, pp=1)
-        core = build_chunks(cfg, model_vocab_size(cfg.model, load_tokenizer(tokenizer_spec(reader))), groups, "cpu",
-                            torch.float32)
-        load_model(reader, core, groups)
-        model, named = core.chunks[0].train(), list(core.named_parameters())
-    model(tokens=x, labels=y).sum().backward()
-    if tp > 1:
-        finalize_grads(named, groups, tied_embeddings=False)
-    return {n: p.grad.clone() for n, p in named if "q_layernorm" in n or "k_layernorm" in n}
-
-
-def _layouts_body(rank, world, argv, ck, tokens):
-    return {"tp2_sp": _train(argv + ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
-            "pp2": _train(argv + ["--pipeline-model-parallel-size", "2"]),
-            # lists: tensors in the result queue would go through shared memory of a process that exits
-            "qk_grads": {n: g.tolist() for n, g in _qk_norm_grads(ck, tokens, 2).items()}}
-
-
-def test_continued_pretraining_from_import_at_any_layout(saved, tmp_path):
+def test_continued_pretraining_from_import_at_any_layout(saved, causal, tmp_path):  # noqa: F811 (a fixture)
     """The imported Qwen3 (QK-norm, a window shorter than the sequence, head_dim != h / heads, GQA,
     rows beyond its tokenizer) trains with --load --use-checkpoint-args and its stored HF tokenizer:
     5 steps give the same losses at TP 1, TP 2 + SP and PP 2; the TP 2 q/k-norm gradients equal
     TP 1's; the trained checkpoint still starts from the import and exports to what transformers
-    computes, with the base's config.json."""
+    computes, with the base's config.json. The imported Gemma 3 of tests/test_convert_gemma3.py
+    (sequence 32 > window 5; the window and local RoPE of layer 2 on the second pipeline stage):
+    4 steps give the TP 1 losses at TP 2 + SP and PP 2 (layers 2 + 1), and its TP 2 QK-norm
+    gradients equal TP 1's. Both families run in one launch of two processes."""
     from tests.test_tensor_parallel import _data
 
     path, tok = saved("qwen3_windows")
+    data = _data(tmp_path)
     ck, trained = str(tmp_path / "ck"), str(tmp_path / "trained")
     import_from_hf(path, ck, seq_length=32, log=QUIET)
-    argv = ["--data-path", _data(tmp_path), "--data-cache-path", str(tmp_path / "cache"), "--seq-length", "32",
+    argv = ["--data-path", data, "--data-cache-path", str(tmp_path / "cache"), "--seq-length", "32",
             "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "5", "--lr", "1e-3",
             "--num-threads", "1", "--eval-iters", "0", "--hidden-dropout", "0", "--attention-dropout", "0",
             "--peak-tflops", "1", "--load", ck, "--use-checkpoint-args"]  # peak given: no CPU matmul benchmark
     tokens = torch.randint(5, tok.vocab_size, (2, 33), generator=torch.Generator().manual_seed(2))
-    tp1 = _train(argv + ["--save", trained])
-    par = D.run(_layouts_body, 2, argv, ck, tokens, timeout=240)[0]
-    assert len(tp1) == 5
-    for layout in ("tp2_sp", "pp2"):
-        np.testing.assert_allclose(par[layout], tp1, rtol=1e-5, atol=0, err_msg=layout)
-    ref = _qk_norm_grads(ck, tokens, 1)
-    assert sorted(ref) == sorted(par["qk_grads"]) and len(ref) == 4
-    for n, g in ref.items():
-        assert g.abs().max() > 0
-        scale = g.abs().max().item()  # summed over 64 tokens: elements near 0 carry the sum's rounding
-        torch.testing.assert_close(torch.tensor(par["qk_grads"][n]), g, rtol=1e-5, atol=1e-5 * scale, msg=n)
+    jobs = {"qwen3": (argv, [], ck, tokens), "gemma3": G3.training_job(causal[1], tmp_path, data)}
+    tp1 = {"qwen3": G3.train_losses(argv + ["--save", trained]), "gemma3": G3.train_losses(jobs["gemma3"][0])}
+    par = D.run(G3.layouts_body, 2, jobs, timeout=480)[0]
+    assert len(tp1["qwen3"]) == 5 and len(tp1["gemma3"]) == 4 and tp1["gemma3"][-1] < tp1["gemma3"][0]
+    for name in jobs:
+        for layout in ("tp2_sp", "pp2"):
+            np.testing.assert_allclose(par[name][layout], tp1[name], rtol=1e-5, atol=0, err_msg=f"{name} {layout}")
+        ref = G3.qk_norm_grads(jobs[name][2], jobs[name][3], 1)
+        assert sorted(ref) == sorted(par[name]["qk_grads"]) and len(ref) == {"qwen3": 4, "gemma3": 6}[name]
+        for n, g in ref.items():
+            assert g.abs().max() > 0
+            scale = g.abs().max().item()  # summed over 64 tokens: elements near 0 carry the sum's rounding
+            torch.testing.assert_close(torch.tensor(par[name]["qk_grads"][n]), g, rtol=1e-5, atol=1e-5 * scale,
+                                       msg=f"{name} {n}")
     # training started from the import: embedding rows no token reaches only decayed
     ours, _, cfg = load_for_inference(trained)
     emb = _hf_tensors(path)["model.embed_tokens.weight"]
@@ -364,11 +327,16 @@ def test_config_shapes_read_as_transformers_reads_them():
 
 
 def test_help_lists_families_and_refusals(capsys):
+    """--help names every family, every model_type refused by name and every refused feature (that its
+    example names an accepted model: tests/test_resume_changes.py)."""
     from megatron_th.cli.convert_from_hf import main
 
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for word in ("llama", "mistral", "qwen2", "qwen3", "gpt2", "llama3", "Mixture-of-Experts", "qwen3_moe", "mixtral",
-                 "yarn", "longrope", "partial_rotary_factor", "model.safetensors.index.json", "Llama-3.2-1B"):
+    types = [t for mod in families.modules() for t in mod.MODEL_TYPES]
+    for word in (*types, *families.REFUSED, "Gemma 3", "llama3", "Mixture-of-Experts", "yarn", "longrope",
+                 "partial_rotary_factor", "mlp_bias", "attention_bias", "hidden_act", "gelu_fast",
+                 "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "softcapping", "use_bidirectional_attention",
+                 "sliding_window", "model.safetensors.index.json"):
         assert word in text, word

@@ -13,7 +13,8 @@ for every tensor; tools/convert_from_hf.py -> tools/convert_to_hf.py gives back 
 tensor bitwise and the base's config.json (a multimodal base as its text-only Gemma3ForCausalLM);
 the config we generate reads in transformers as the one it saved; the Hub's older config shapes
 are read as transformers reads them; inexact configs are refused by name; after import, training
-losses at TP 2 + SP and PP 2 equal TP 1's.
+losses at TP 2 + SP and PP 2 equal TP 1's and the TP 2 QK-norm gradients equal TP 1's (checked by
+tests/test_convert_families.py in one launch with Qwen3's, with the rank code below).
 """
 import importlib.util
 import json
@@ -34,8 +35,9 @@ from megatron_th.model.gpt import GPTModel
 
 # transformers is imported inside the tests: the spawned training ranks import this module and need
 # none of it (it costs each rank seconds)
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                                reason="conversion tests need the [hf] extra")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                 reason="conversion tests need the [hf] extra"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py: tiny models run faster on one thread
 
 S, F = "sliding_attention", "full_attention"
 TEXT = {"vocab_size": 8003, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
@@ -97,9 +99,6 @@ def _assert_parity(ours, hf, vocab):
 def _to_hf(ours, plan) -> dict:
     state = ours.state_dict()
     return {h: t for r in plan for h, t in zip(r.hf, r.to_hf([state[o] for o in r.ours]))}
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")
@@ -307,32 +306,75 @@ def test_tools_round_trip(causal, multimodal, tmp_path, capsys):
     assert {k: v for k, v in mine.items() if k not in skip} == {k: v for k, v in base.items() if k not in skip}
 
 
-def _train(rank, world, runs):
-    """Losses of ``pretrain`` for each argv in ``runs``, one after the other in this process group."""
+# Continued pretraining after import at TP 2 + SP and PP 2 is checked by tests/test_convert_families.py
+# test_continued_pretraining_from_import_at_any_layout, for Qwen3 and this Gemma 3 in one launch of two
+# processes (each spawned rank costs seconds). The code the ranks run lives here because this module
+# imports no transformers (test_convert_families.py does, through test_convert_hf.py).
+
+def train_losses(argv: list) -> list:
+    """Losses of ``pretrain`` for the training flags ``argv``, in this process group."""
     from megatron_th.config import parse_config
     from megatron_th.training.pretrain import pretrain
 
-    return [pretrain(parse_config(argv)[0], log=QUIET)["losses"] for argv in runs]
+    return pretrain(parse_config(argv)[0], log=QUIET)["losses"]
 
 
-def test_imported_gemma3_trains_alike_at_tp2_sp_and_pp2(causal, tmp_path):
-    """4 steps after import (sequence 32 > window 5; QK-norm gradients summed over TP; the window
-    and local RoPE of layer 2 on the second pipeline stage): TP=2 + SP and PP=2 (layers 2 + 1)
-    give the TP=1 losses."""
+def qk_norm_grads(ck: str, tokens: torch.Tensor, tp: int) -> dict:
+    """Gradients of every q/k-norm weight for the summed per-token loss of ``tokens`` ([b, s + 1]
+    int64; next-token labels) on the model of checkpoint ``ck`` at TP ``tp`` (1: the plain model;
+    2: the TP model in this process group, after finalize_grads' TP sum): name -> fp32 tensor."""
+    from megatron_th.config import Config, finalize
+    from megatron_th.data.tokenizer import load_tokenizer, model_vocab_size
+    from megatron_th.inference import load_for_inference
+    from megatron_th.parallel.grads import finalize_grads
+    from megatron_th.parallel.groups import ParallelGroups
+    from megatron_th.parallel.stages import build_chunks
+    from megatron_th.training.resume import load_model, open_checkpoint, tokenizer_spec
+
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    if tp == 1:
+        model = load_for_inference(ck)[0].train()
+        named = list(model.named_parameters())
+    else:
+        reader = open_checkpoint(ck)
+        cfg = Config.from_dict(reader.meta["config"])
+        cfg.parallel.tensor_model_parallel_size = tp
+        cfg.data.micro_batch_size = cfg.data.global_batch_size = x.shape[0]
+        finalize(cfg, tp)
+        groups = ParallelGroups.build(tp=tp, pp=1)
+        core = build_chunks(cfg, model_vocab_size(cfg.model, load_tokenizer(tokenizer_spec(reader))), groups, "cpu",
+                            torch.float32)
+        load_model(reader, core, groups)
+        model, named = core.chunks[0].train(), list(core.named_parameters())
+    model(tokens=x, labels=y).sum().backward()
+    if tp > 1:
+        finalize_grads(named, groups, tied_embeddings=False)
+    return {n: p.grad.clone() for n, p in named if "q_layernorm" in n or "k_layernorm" in n}
+
+
+def layouts_body(rank: int, world: int, jobs: dict) -> dict:
+    """Rank code of the 2-process launch: for each job ``name -> (argv, pp_flags, ck, tokens)``, the
+    losses at TP 2 + SP and at PP 2 (+ ``pp_flags``) and the TP 2 q/k-norm gradients of ``tokens``."""
+    out = {}
+    for name, (argv, pp_flags, ck, tokens) in jobs.items():
+        out[name] = {"tp2_sp": train_losses(argv + ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
+                     "pp2": train_losses(argv + ["--pipeline-model-parallel-size", "2", *pp_flags]),
+                     # lists: tensors in the result queue would go through shared memory of a process that exits
+                     "qk_grads": {n: g.tolist() for n, g in qk_norm_grads(ck, tokens, 2).items()}}
+    return out
+
+
+def training_job(path: str, tmp_path, data: str) -> tuple:
+    """The Gemma 3 job of layouts_body for the HF directory ``path``: imported at sequence 32
+    (> window 5), 4 steps on ``data``; PP 2 splits the 3 layers 2 + 1, so the window and local
+    RoPE of layer 2 run on the second stage. Returns (argv, pp_flags, checkpoint, tokens)."""
     from megatron_th.convert.from_hf import import_from_hf
-    from tests import dist as D
-    from tests.test_tensor_parallel import _data
 
-    ck = str(tmp_path / "ck")
-    import_from_hf(causal[1], ck, seq_length=32, log=QUIET, progress=False)
-    argv = ["--load", ck, "--use-checkpoint-args", "--data-path", _data(tmp_path), "--data-cache-path",
+    ck = str(tmp_path / "ck_gemma3")
+    import_from_hf(path, ck, seq_length=32, log=QUIET, progress=False)
+    argv = ["--load", ck, "--use-checkpoint-args", "--data-path", data, "--data-cache-path",
             str(tmp_path / "cache"), "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "4",
             "--lr", "1e-3", "--num-threads", "1", "--eval-iters", "0", "--log-interval", "100", "--peak-tflops", "1",
             "--hidden-dropout", "0", "--attention-dropout", "0"]  # dropout is not a model field the import carries
-    tp1 = _train(0, 1, [argv])[0]
-    tp2, pp2 = D.run(_train, 2, [argv + ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
-                                 argv + ["--pipeline-model-parallel-size", "2",
-                                         "--decoder-first-pipeline-num-layers", "2"]], timeout=300)[0]
-    assert len(tp1) == 4 and tp1[-1] < tp1[0]
-    for losses in (tp2, pp2):
-        torch.testing.assert_close(torch.tensor(losses), torch.tensor(tp1), rtol=1e-5, atol=0)
+    tokens = torch.randint(5, 8000, (2, 33), generator=torch.Generator().manual_seed(2))
+    return argv, ["--decoder-first-pipeline-num-layers", "2"], ck, tokens

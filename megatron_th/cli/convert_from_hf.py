@@ -1,4 +1,5 @@
-"""Import a Hugging Face model (Llama 1/2/3.x, Mistral, Qwen2/2.5, Qwen3, GPT-2) as a megatron_th checkpoint.
+"""Import a Hugging Face model (Llama 1/2/3.x, Mistral, Qwen2/2.5, Qwen3, Gemma 3 text, GPT-2) as a megatron_th
+checkpoint.
 
     megatron-th-convert-from-hf --hf models/Llama-3.2-1B --output ck_llama   # or: python tools/convert_from_hf.py ...
     torchrun --nproc-per-node 8 pretrain_gpt.py --load ck_llama --use-checkpoint-args \\

@@ -44,13 +44,20 @@ REFUSED = {
     "gemma2": "logit soft-capping has no equivalent here", "qwen3_next": "hybrid linear attention + MoE",
 }
 REFUSED_FEATURES = (
-    "Mixture-of-Experts: " + ", ".join(t for t, why in REFUSED.items() if why == "Mixture-of-Experts"),
-    "rope_type yarn, longrope, proportional (only default, linear, dynamic, llama3); "
-    "rope_parameters per layer type (except Gemma 3); partial_rotary_factor != 1",
+    "Mixture-of-Experts: " + ", ".join(t for t, why in REFUSED.items() if why == "Mixture-of-Experts")
+    + " (or any config with more than one expert)",
+    "; ".join(f"{t}: {why}" for t, why in REFUSED.items() if why != "Mixture-of-Experts")
+    + "; any model_type not listed above",
+    "rope_type yarn, longrope, proportional (only default, linear, dynamic, llama3); a RoPE factor < 1; llama3 "
+    "without low_freq_factor / high_freq_factor, or high <= low; rope_parameters per layer type (except Gemma 3); "
+    "partial_rotary_factor != 1",
     "Llama attention_bias without mlp_bias (or the reverse); Qwen3 attention_bias true",
-    "hidden_act other than silu (Llama family); GPT-2 activation_function gelu_fast, "
+    "hidden_act other than silu (Llama family); GPT-2 activation_function gelu_fast, scale_attn_weights false, "
     "scale_attn_by_inverse_layer_idx",
-    "sliding_attention layers without a sliding_window; layer_types other than full/sliding_attention",
+    "sliding_attention layers without a sliding_window; layer_types other than full/sliding_attention, or not "
+    "one per layer",
+    "a directory whose embedding rows differ from vocab_size or are fewer than the tokenizer's tokens, or that "
+    "holds tensors the config does not explain",
 )
 
 
