@@ -170,6 +170,35 @@ def test_activation_bytes_equal_what_autograd_saves(block, recompute):
         assert predicted == pytest.approx(measured, rel=1e-4)
 
 
+def test_peak_of_forward_and_backward_as_predicted():
+    """The activation part of the estimated peak (in-flight activations + the larger of the loss's
+    and, under full recompute, one re-run layer's transient) against the live-bytes peak of a real
+    forward + backward counted by allocation (gradients preallocated so only activations count).
+    Full recompute, where the re-run layer's activations are most of the peak (without recompute the
+    saved activations are checked above)."""
+    from megatron_th.estimate.footprint import rank_memory
+    from megatron_th.model.gpt import build_model
+    from megatron_th.utils.alloc_trace import record_live_bytes
+
+    b, vocab = 2, 256
+    cfg = model_cfg(**dict(BLOCKS["llama_rmsnorm_swiglu_gqa"], num_layers=3, hidden_size=64, seq_length=128),
+                    recompute_granularity="full", micro_batch_size=b, global_batch_size=b)
+    m, s = cfg.model, cfg.model.seq_length
+    model = build_model(m, vocab, seed=0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    g = torch.Generator().manual_seed(0)
+    inputs = {"tokens": torch.randint(0, vocab, (b, s), generator=g),
+              "labels": torch.randint(0, vocab, (b, s), generator=g), "position_ids": torch.arange(s).repeat(b, 1)}
+    with record_live_bytes("cpu") as rec:
+        loss = model(**inputs)
+        loss.sum().backward()
+        del loss
+    r = rank_memory(cfg, 1, vocab, device="cpu")[0]
+    predicted = r["total"] - r["static"]
+    assert predicted == pytest.approx(rec.peak_bytes, rel=0.05), (predicted, rec.peak_bytes, r["recompute_transient"])
+
+
 @pytest.mark.parametrize("case", ["fp32", "fp32_selective", "bf16_attention_dropout_chunked_loss"])
 def test_activation_bytes_with_every_new_option(monkeypatch, case):
     """The new options together (fp32, without and with selective recompute; the window's [s, s] mask

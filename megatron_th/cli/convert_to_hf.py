@@ -10,7 +10,8 @@ check that the checkpoint's architecture is still the base's, and its tokenizer 
 unchanged (chat template included); every embedding row it had is kept. Other checkpoints get a
 generated config.json whose architecture follows the model options: LlamaForCausalLM (RoPE +
 RMSNorm + SwiGLU, any RoPE scaling), Qwen2ForCausalLM (--add-qkv-bias), Qwen3ForCausalLM
-(--qk-layernorm), MistralForCausalLM (a window on every layer, or on request), GPT2LMHeadModel
+(--qk-layernorm), MistralForCausalLM (a window on every layer, or on request),
+Gemma3ForCausalLM (--apply-layernorm-1p, sandwich norms, GeGLU or scaled embeddings), GPT2LMHeadModel
 (learned positions + LayerNorm + GeLU). Writes config.json, generation_config.json, sharded
 safetensors (+ index) and the tokenizer, whose ids AutoTokenizer must reproduce; the vocabulary
 padding is dropped. See docs/conversion.md.

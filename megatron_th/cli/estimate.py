@@ -60,7 +60,7 @@ def settings(argv, ns: argparse.Namespace) -> dict:
                 out[k] = int(v) if v is not None else None
                 continue
             if k not in SETTINGS:
-                raise ConfigError(f"--config {path}: unknown key {k!r} in section {ESTIMATE_SECTION}: "
+                raise ConfigError(f"--config {path}: unknown key {k!r} in section {ESTIMATE_SECTION} "
                                   f"(known: {', '.join(SETTINGS)})")
             try:
                 out[k] = SETTINGS[k][0](v) if v is not None else None

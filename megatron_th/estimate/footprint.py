@@ -56,6 +56,12 @@ def rank_memory(cfg, gpus: int, vocab_size: int, device: str = "cuda") -> list[d
         # chunked loss's tiles and accumulators), on top of the saved activations
         logits_transient = (loss_memory.transient_bytes(mb * s, m.hidden_size, vocab_size, vp, tp, k.act_bytes)
                             if last else 0)
+        # full recompute: the backward of each layer re-runs its forward and holds that one layer's
+        # activations (as without recompute) on top of the stored inputs; the loss's transient is
+        # freed by then, so the larger of the two adds to the in-flight peak
+        recompute_transient = (max(sum(act.layer_terms(m, s, mb, tp, sp, None, k, window=w).values())
+                                   for w in set(act.layer_windows(m, 0, m.num_layers)))
+                               if lay["recompute"] == "full" else 0)
         # fp16: the unscaled fp32 copies of the gradients exist during the optimizer step
         step_transient = st["owned_numel"] * 4 if (prec == "fp16" and grad_bytes(cfg) == 2) else 0
         layers = sum(c["layer_range"][1] - c["layer_range"][0] for c in chunks)
@@ -66,9 +72,10 @@ def rank_memory(cfg, gpus: int, vocab_size: int, device: str = "cuda") -> list[d
                "moments": st["moments"], "activations": peak, "inflight_chunks": n_live,
                "activation_per_layer": sum(per_layer.values()), "activation_terms": per_layer,
                "activation_parts": [dict(pt) for pt in parts], "pipeline_send_bytes": p2p,
-               "logits_transient": logits_transient, "step_transient": step_transient,
+               "logits_transient": logits_transient, "recompute_transient": recompute_transient,
+               "step_transient": step_transient,
                "static": st["total"], "buffer_numel": st["buffer_numel"], "owned_numel": st["owned_numel"]}
-        rec["total"] = st["total"] + max(peak + logits_transient, step_transient)
+        rec["total"] = st["total"] + max(peak + max(logits_transient, recompute_transient), step_transient)
         out.append(rec)
     return out
 

@@ -112,6 +112,8 @@ def _memory(e: dict) -> list[str]:
     row("  micro-batch chunks in flight", "inflight_chunks", fmt=str)
     row("  per layer, one micro-batch", "activation_per_layer")
     row(f"loss transient ({e['model'].get('loss', 'full logits')})", "logits_transient")
+    if any(r["recompute_transient"] for r in shown):
+        row("re-run layer (full recompute)", "recompute_transient")
     row("total", "total")
     bpp = mem["bytes_per_param"]
     usable = e["gpu"]["usable_bytes"]
