@@ -91,7 +91,8 @@ class ParallelConfig:
     use_distributed_optimizer: bool = F(False, "Zero-1: shard optimizer state and master weights over DP.")
     ddp_bucket_size: Optional[int] = F(None, "Gradient bucket size in elements (default: 40M).")
     overlap_grad_reduce: bool = F(False, "Reduce gradient buckets during backward.")
-    overlap_param_gather: bool = F(False, "Gather Zero-1 params during the next forward.")
+    overlap_param_gather: bool = F(False, "Gather Zero-1 params during the next forward (needs "
+                                          "--use-distributed-optimizer --overlap-grad-reduce).")
     accumulate_allreduce_grads_in_fp32: bool = F(False, "Keep the gradient buffer in fp32 under bf16.")
     distributed_backend: Optional[str] = F(None, "gloo | nccl (default: nccl with CUDA, else gloo).",
                                            choices=["gloo", "nccl"])
@@ -434,8 +435,15 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
         need(micro % pp == 0, f"interleaved 1F1B needs micro-batches per step ({micro} = --global-batch-size / "
              f"(--micro-batch-size x DP)) to be a multiple of --pipeline-model-parallel-size {pp}")
     need(not (o.bf16 and o.fp16), "--bf16 and --fp16 are mutually exclusive")
-    need(not p.overlap_param_gather, "--overlap-param-gather is not implemented yet (Zero-1 gathers "
-         "parameters right after the step); drop the flag")
+    if p.overlap_param_gather:  # as Megatron-LM's arguments.py: the gathers ride on Zero-1's overlapped buckets
+        missing = [f for f, on in (("--use-distributed-optimizer", p.use_distributed_optimizer),
+                                   ("--overlap-grad-reduce", p.overlap_grad_reduce)) if not on]
+        need(not missing, f"--overlap-param-gather requires {' '.join(missing)}")
+        from megatron_th.training.optimizers import FLAT_SHARDED
+
+        need(o.optimizer in FLAT_SHARDED, f"--overlap-param-gather with --optimizer {o.optimizer}: its Zero-1 owns "
+             "whole parameters and gathers them in one collective (parallel/zero_params.py), with no buckets to "
+             f"overlap; drop the flag or use --optimizer {'|'.join(FLAT_SHARDED)}")
     sharded_dropout = m.attention_dropout > 0 or (p.sequence_parallel and m.hidden_dropout > 0)
     need(not (m.recompute_granularity and tp > 1 and sharded_dropout),
          "--recompute-granularity with --tensor-model-parallel-size > 1 needs --attention-dropout 0 (and "

@@ -3,7 +3,8 @@ its optimizer state is gathered into whole per-parameter tensors for checkpoints
 
 Gradients are reduce-scattered per bucket (data_parallel.GradBuffers), so DP rank r owns the r-th
 part of every bucket. Its fp32 masters and Adam moments exist for exactly those elements; after
-the step the updated parameter parts are all-gathered. Memory per parameter, d = DP size:
+the step the updated parameter parts are all-gathered (with ``--overlap-param-gather`` during the
+next forward: data_parallel.GradBuffers.gather_params). Memory per parameter, d = DP size:
 bf16 params + fp32 grads 6 + 12/d bytes, fp32 8 + 8/d (reference-facts.md), plus bucket padding.
 A checkpoint save gathers the states bucket by bucket to the host of DP rank 0 (the writer), so it
 needs one bucket of device memory, not another copy of the whole buffer per state kind.

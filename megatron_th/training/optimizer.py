@@ -166,16 +166,27 @@ class MixedPrecisionOptimizer:
                 sq = sq + n.double() ** 2
         return math.sqrt(float(self.reduce_sq_norm(sq)))
 
-    def _gather_params(self) -> None:
-        """Zero-1: the owners' updated parameters -> every DP rank."""
+    def _gather_params(self, overlap: bool = False) -> None:
+        """Zero-1: the owners' updated parameters -> every DP rank; with ``overlap`` (the step) and
+        --overlap-param-gather, left in flight for the next forward (data_parallel.gather_params)."""
         if self.buffers is not None:
-            self.buffers.gather_params()
+            self.buffers.gather_params(overlap)
         elif self.owner is not None:
             self.owner.gather_params()
 
+    def finish_param_sync(self) -> None:
+        """Complete the parameter all-gathers the last step left in flight (--overlap-param-gather);
+        every DP rank must call it. Needed before the parameters are read or written outside a
+        forward: the step, the EMA swap and the checkpoint view call it themselves."""
+        if self.buffers is not None:
+            self.buffers.finish_param_sync()
+
     @torch.no_grad()
     def step(self, lr: float) -> tuple[bool, float]:
-        """Returns (stepped, grad_norm). A non-finite norm skips the update on every rank."""
+        """Returns (stepped, grad_norm). A non-finite norm skips the update on every rank (and
+        gathers nothing). Under Zero-1 the updated parameters are all-gathered over DP; with
+        --overlap-param-gather that gather is still in flight on return (finish_param_sync)."""
+        self.finish_param_sync()  # the update writes this rank's parts, which a pending gather reads
         self._gather_grads()
         norm = self.grad_norm()
         if not math.isfinite(norm):
@@ -187,7 +198,7 @@ class MixedPrecisionOptimizer:
         self.rule.step(lr, self.num_steps + 1)
         for s in self.slots:
             s.write_back()
-        self._gather_params()
+        self._gather_params(overlap=True)
         self.scaler.update(found_inf=False)
         self.zero_grad()
         self.num_steps += 1
@@ -202,6 +213,7 @@ class MixedPrecisionOptimizer:
         copy of this rank's parameters is kept meanwhile). Every rank must enter it together."""
         if self.ema is None:
             raise RuntimeError("ema_weights() needs an EMA (--ema-decay)")
+        self.finish_param_sync()  # the backup must hold the gathered weights
         backup = [p.detach().clone() for p in self.params]
         try:
             with torch.no_grad():
@@ -270,7 +282,9 @@ class MixedPrecisionOptimizer:
         """(checkpoint key, tensor, parameter name or Layout). Under flat Zero-1 this is collective
         over DP (the parts are all-gathered one bucket at a time, parallel/zero.py): every DP rank
         must call it; DP rank 0, which writes them, gets fp32 CPU tensors, the other DP ranks get
-        []. Under Zero-1 by whole parameters each DP rank gets the state of what it owns."""
+        []. Under Zero-1 by whole parameters each DP rank gets the state of what it owns.
+        Pending parameter all-gathers are finished first (a save reads the parameters next)."""
+        self.finish_param_sync()
         if self.buffers is not None:
             from megatron_th.parallel.zero import gather_full_states
 

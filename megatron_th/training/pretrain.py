@@ -212,6 +212,8 @@ def _pretrain(cfg, log, task, run_scope) -> dict:
     optimizer = MixedPrecisionOptimizer(named, o, buffers, groups, m, zero1=p.use_distributed_optimizer)
     optimizer.norm_weight = norm_weights(named, groups)
     optimizer.reduce_sq_norm = sq_norm_reducer(groups, zero1=p.use_distributed_optimizer)
+    if p.overlap_param_gather:  # Zero-1 gathers waited in the next forward's pre-hooks (parallel/data_parallel.py)
+        buffers.enable_param_gather_overlap(core.chunks)
     schedule = LRSchedule.from_config(o)
     state = {"iteration": 0, "consumed_samples": 0, "skipped_iters": 0}
     torch.manual_seed(stage_seed(t.seed, groups.pp_rank))
@@ -322,6 +324,7 @@ def _pretrain(cfg, log, task, run_scope) -> dict:
             else:
                 last_save = res
                 log(f"saved {last_save}")
+    optimizer.finish_param_sync()  # the last step's overlapped gathers: the weights are read from here on
     if t.pipeline_trace_dir and stepper.pipe is not None:
         write_trace(t.pipeline_trace_dir, groups, stepper.pipe)
     if pending is not None:
