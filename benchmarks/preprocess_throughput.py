@@ -16,23 +16,28 @@ over the runs' CPU time (the process and its workers) gives tokens per CPU-secon
 machine disturbs much less than wall time.
 
 The limit: min(workers, ``os.cpu_count()``) x the rate of one thread of
-``SentencePieceProcessor.encode(list)`` (``num_threads=1``) on the same texts, in this process,
-nothing else (JSON, files, processes). The per-core rate is the steady-state rate / workers: what
-one core adds on a bigger node (e.g. 64 workers on 64 cores), as long as the one reading and
-writing process keeps up (it spends ~0.1 CPU-s per 40 MB here).
+``SentencePieceProcessor.encode(list)`` (``num_threads=1``) in this process, nothing else (JSON,
+files, processes), on the texts of the small input (the same documents: both inputs repeat the
+corpus). It is measured right before and right after each side's pair of runs (the geometric mean
+of the two is that side's limit), so the machine's load at the moment weighs on both. Next to it,
+the tokenizer alone on min(workers, cores) threads (``num_threads``), measured at the same moments:
+on a quiet machine about cores x one thread; on a shared one it shows how much of the machine this
+session could get at all (Linux's autogroup gives each session an equal share of the CPUs, so a
+second thread may add little), and "of tokenizer now" is our rate over it. Per core: the steady
+rate / min(workers, cores), and tokens per CPU-second (what one core gives when it is ours: the
+figure to size a bigger node with, e.g. 64 workers on 64 cores, as long as the one reading and
+writing process keeps up).
 
-Each round also times the tokenizer alone on all cores (``num_threads=os.cpu_count()``): on a quiet
-machine that is about cores x one thread; on a shared one it shows how much of the machine this
-session can get at all (Linux's autogroup gives each session an equal share), and "of tokenizer
-now" is our rate over it.
-
-Every round runs both sides (order alternating: ours first in even rounds) and the limit; ratios
-are per round and the medians over ``--runs`` rounds (>= 5) are reported, with the 1-minute load
-average at each round (on a shared machine, re-run when it is quiet: the lead's table in
-docs/performance.md comes from such a run). Outputs of the two sides are compared byte for byte in
-every round. ``--breakdown`` (default on) also times, in this process on the big input, the parts of
-a worker's task (parsing, encoding, deciding and packing the buffers) and the main process's share
-(cutting the input into blocks, appending buffers to the dataset), against the encode-only limit.
+Every round runs both sides (order alternating: ours first in even rounds); ratios are per round
+and the medians over ``--runs`` rounds (>= 5) are reported, with the 1-minute load average at each
+round. Outputs of the two sides are compared byte for byte in every round. ``--breakdown`` (default
+on) also times, in this process on the big input, the parts of a worker's task (parsing, encoding,
+deciding and packing the buffers) and the main process's share (cutting the input into blocks,
+appending buffers to the dataset), against the encode-only limit. ``--profile`` (default on) runs
+each side ``--profile-runs`` (3) more times on both inputs, with the first ``--workers`` (2), under
+benchmarks/schedstat_profile.py: per process, CPU seconds and how each thread's lifetime splits
+into on a CPU / waiting for a CPU (runnable, but the machine ran another task) / blocked (waiting on
+a pipe, a thread or a child); the medians of big - those of small give the steady state.
 """
 import argparse
 import json
@@ -118,6 +123,17 @@ def limit_rate(sp, texts: list[str], threads: int = 1) -> dict:
     return {"tokens": n, "tokens_per_sec": n / wall, "tokens_per_cpu_sec": n / cpu}
 
 
+def limits(sp, texts: list[str], threads: int) -> dict:
+    """The tokenizer alone right now: ``one`` = 1 thread, ``all`` = ``threads`` threads (``limit_rate``)."""
+    one = limit_rate(sp, texts)
+    return {"one": one, "all": limit_rate(sp, texts, threads) if threads > 1 else one,
+            "load_average_1min": os.getloadavg()[0]}
+
+
+def gmean(a: float, b: float) -> float:
+    return float(np.sqrt(a * b))
+
+
 def same_output(a: str, b: str) -> bool:
     return all(open(f"{a}_text_document.{e}", "rb").read() == open(f"{b}_text_document.{e}", "rb").read()
                for e in ("bin", "idx"))
@@ -176,19 +192,89 @@ def breakdown(src: str, workers: int) -> dict:  # noqa: ARG001 (the same parts r
     return out
 
 
-def summarize(rounds: list[dict], w: int) -> dict:
+def summarize(rounds: list[dict], w: int, cores: int) -> dict:
     """Medians over rounds of the rows for ``w`` workers."""
     rows = [r[w] for r in rounds]
     med = lambda f: float(np.median([f(x) for x in rows]))  # noqa: E731
     ours = med(lambda x: x["ours"]["tokens_per_sec"])
     return {"workers": w, "ours_tokens_per_sec": ours,
             "baseline_tokens_per_sec": med(lambda x: x["baseline"]["tokens_per_sec"]),
-            "ratio": med(lambda x: x["ratio"]), "fraction_of_limit": med(lambda x: x["fraction_of_limit"]),
+            "ratio": med(lambda x: x["ratio"]), "ratio_min_max": [min(x["ratio"] for x in rows),
+                                                                  max(x["ratio"] for x in rows)],
+            "fraction_of_limit": med(lambda x: x["fraction_of_limit"]),
             "baseline_fraction_of_limit": med(lambda x: x["baseline_fraction_of_limit"]),
-            "per_core_tokens_per_sec": ours / w, "cpu_ratio": med(lambda x: x["cpu_ratio"]),
+            "limit_one_thread_tokens_per_sec": med(lambda x: x["ours"]["limit_one_thread"]),
+            "per_core_tokens_per_sec": ours / min(w, cores),
+            "ours_tokens_per_cpu_sec": med(lambda x: x["ours"]["tokens_per_cpu_sec"]),
+            "cpu_ratio": med(lambda x: x["cpu_ratio"]),
             "cpu_fraction_of_limit": med(lambda x: x["cpu_fraction_of_limit"]),
             "fraction_of_tokenizer_now": med(lambda x: x["fraction_of_tokenizer_now"]),
+            "tokenizer_threads_over_one": med(lambda x: x["tokenizer_threads_over_one"]),
             "identical": all(x["identical"] for x in rows)}
+
+
+def _role(cmdline: str) -> str:
+    return ("worker" if "spawn_main" in cmdline or "multiprocessing-fork" in cmdline
+            else "resource tracker" if "resource_tracker" in cmdline else "main")
+
+
+def profile_side(root: str, src: str, prefix: str, workers: int) -> dict:
+    """One run of checkout ``root``'s tool under schedstat_profile: per role (main, worker,
+    resource tracker; workers summed): CPU seconds, the main thread's on-CPU / run-queue / blocked
+    seconds, the other threads' on-CPU and run-queue seconds, and the wall time."""
+    from schedstat_profile import profile, summarize as per_process
+
+    argv = ["--input", src, "--tokenizer-model", DEFAULT_TOKENIZER, "--output-prefix", prefix, "--append-eod",
+            "--workers", str(workers), "--quiet"]
+    prof = profile([sys.executable, "-c", RUN, root, *argv], name=_role, cwd=root, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    if prof["returncode"] != 0:
+        raise RuntimeError(f"{root}: preprocess failed under the profiler")
+    roles: dict = {}
+    for r in per_process(prof):
+        acc = roles.setdefault(r["name"], {"processes": 0})
+        acc["processes"] += 1
+        for k in ("cpu", "life", "main_on_cpu", "main_run_queue", "main_blocked", "other_threads", "other_on_cpu",
+                  "other_run_queue"):
+            acc[k] = acc.get(k, 0) + r[k]
+    return {"wall": prof["wall"], "roles": roles}
+
+
+def profile_both(sides: dict, big: str, small: str, tmp: str, workers: int, runs: int) -> dict:
+    """``profile_side`` of each side on both inputs, ``runs`` times (sides alternating), the median of
+    every figure, and the big - small difference of the medians (the steady state)."""
+    got: dict = {name: {"big": [], "small": []} for name in sides}
+    for r in range(runs):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            for run, src in (("small", small), ("big", big)):
+                got[name][run].append(profile_side(sides[name], src, os.path.join(tmp, f"prof_{name}_{run}"), workers))
+
+    def median(profs: list) -> dict:
+        roles = {role: {k: float(np.median([p["roles"].get(role, {}).get(k, 0) for p in profs])) for k in acc}
+                 for role, acc in profs[0]["roles"].items()}
+        return {"wall": float(np.median([p["wall"] for p in profs])), "roles": roles}
+
+    out = {}
+    for name in sides:
+        b, s = median(got[name]["big"]), median(got[name]["small"])
+        diff = {role: {k: v - s["roles"].get(role, {}).get(k, 0) for k, v in acc.items()}
+                for role, acc in b["roles"].items()}
+        out[name] = {"big": b, "small": s, "steady": {"wall": b["wall"] - s["wall"], "roles": diff}, "runs": runs}
+    return out
+
+
+def print_profile(prof: dict, tokens: int) -> None:
+    print(f"\nwhere the time goes ({tokens / 1e6:.2f}M tokens, and minus the small input's; medians of "
+          f"{next(iter(prof.values()))['runs']} runs; seconds, summed over "
+          f"processes of a role): CPU; main thread on a CPU / waiting for a CPU / blocked; other threads "
+          f"(the tokenizer's batch threads in a worker) on a CPU / waiting for a CPU")
+    for name, p in prof.items():
+        for run in ("big", "steady"):
+            r = p[run]
+            print(f"  {name:<8} {run:<6} wall {r['wall']:6.2f}")
+            for role, x in r["roles"].items():
+                print(f"    {role:<17} cpu {x['cpu']:6.2f}   main {x['main_on_cpu']:6.2f} / {x['main_run_queue']:6.2f} "
+                      f"/ {x['main_blocked']:6.2f}   other {x['other_on_cpu']:6.2f} / {x['other_run_queue']:6.2f}")
 
 
 def main() -> int:
@@ -200,6 +286,9 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5, help="alternating rounds (median reported)")
     p.add_argument("--baseline", default=BASELINE, help="the commit to compare with")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the per-process profile (benchmarks/schedstat_profile.py; Linux only)")
+    p.add_argument("--profile-runs", type=int, default=3, help="profiled runs per side and input (median reported)")
     p.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "preprocess_throughput.json"))
     a = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` still removes the worktree
@@ -213,68 +302,75 @@ def main() -> int:
         big, small = os.path.join(tmp, "big.jsonl"), os.path.join(tmp, "small.jsonl")
         size = make_input(big, a.input_mb)
         make_input(small, a.input_mb / 8)
-        texts = texts_of(big)
+        sub = texts_of(small)  # the limit's texts: the same documents as the big input, 1/8 as many
         base_root = make_worktree(tmp, a.baseline)
         sides = {"ours": ROOT, "baseline": base_root}
         rounds = []
         for r in range(a.runs):
-            load = os.getloadavg()[0]
-            row: dict = {"load_average_1min": load, "limit": limit_rate(sp, texts),
-                         "all_cores": limit_rate(sp, texts, cores)}
-            one = row["limit"]["tokens_per_sec"]
+            row: dict = {"load_average_1min": os.getloadavg()[0]}
             for w in a.workers:
-                cell = {}
+                threads = min(w, cores)
+                cell: dict = {}
+                lim = [limits(sp, sub, threads)]  # before the first side, then after each side
                 for name in (("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")):
                     prefix = os.path.join(tmp, f"{name}{w}")
                     s = run_tool(sides[name], small, prefix + "_small", w)
                     b = run_tool(sides[name], big, prefix, w)
+                    lim.append(limits(sp, sub, threads))
                     cell[name] = steady(b, s)
+                    one = gmean(lim[-2]["one"]["tokens_per_sec"], lim[-1]["one"]["tokens_per_sec"])
+                    alone = gmean(lim[-2]["all"]["tokens_per_sec"], lim[-1]["all"]["tokens_per_sec"])
+                    cell[name].update(limit=threads * one, limit_one_thread=one, tokenizer_alone=alone,
+                                      fraction_of_limit=cell[name]["tokens_per_sec"] / (threads * one),
+                                      fraction_of_tokenizer_now=cell[name]["tokens_per_sec"] / alone,
+                                      limit_tokens_per_cpu_sec=gmean(lim[-2]["one"]["tokens_per_cpu_sec"],
+                                                                     lim[-1]["one"]["tokens_per_cpu_sec"]))
+                cell["limits"] = lim
                 cell["identical"] = same_output(os.path.join(tmp, f"ours{w}"), os.path.join(tmp, f"baseline{w}"))
-                limit = min(w, cores) * one
-                cell["ratio"] = cell["ours"]["tokens_per_sec"] / cell["baseline"]["tokens_per_sec"]
-                cell["fraction_of_limit"] = cell["ours"]["tokens_per_sec"] / limit
-                cell["baseline_fraction_of_limit"] = cell["baseline"]["tokens_per_sec"] / limit
-                cell["cpu_ratio"] = cell["ours"]["tokens_per_cpu_sec"] / cell["baseline"]["tokens_per_cpu_sec"]
-                cell["cpu_fraction_of_limit"] = (cell["ours"]["tokens_per_cpu_sec"]
-                                                 / row["limit"]["tokens_per_cpu_sec"])
-                # what the tokenizer alone gets from this machine right now, on min(w, cores) threads
-                ceiling = row["all_cores"]["tokens_per_sec"] if w >= cores else one * w
-                cell["fraction_of_tokenizer_now"] = cell["ours"]["tokens_per_sec"] / ceiling
+                o, bl = cell["ours"], cell["baseline"]
+                cell["ratio"] = o["tokens_per_sec"] / bl["tokens_per_sec"]
+                cell["fraction_of_limit"] = o["fraction_of_limit"]
+                cell["baseline_fraction_of_limit"] = bl["fraction_of_limit"]
+                cell["cpu_ratio"] = o["tokens_per_cpu_sec"] / bl["tokens_per_cpu_sec"]
+                cell["cpu_fraction_of_limit"] = o["tokens_per_cpu_sec"] / o["limit_tokens_per_cpu_sec"]
+                cell["fraction_of_tokenizer_now"] = o["fraction_of_tokenizer_now"]
+                cell["tokenizer_threads_over_one"] = o["tokenizer_alone"] / o["limit_one_thread"]
                 row[w] = cell
-                print(f"round {r + 1}/{a.runs} (load {load:.1f}), {w} worker(s): ours "
-                      f"{cell['ours']['tokens_per_sec'] / 1e6:.2f}M tok/s, {a.baseline} "
-                      f"{cell['baseline']['tokens_per_sec'] / 1e6:.2f}M, ratio {cell['ratio']:.2f}, limit "
-                      f"{min(w, cores)} x {one / 1e6:.2f}M, fraction {cell['fraction_of_limit']:.2f}, "
-                      f"identical {cell['identical']}", flush=True)
+                print(f"round {r + 1}/{a.runs} (load {lim[0]['load_average_1min']:.1f}-"
+                      f"{lim[-1]['load_average_1min']:.1f}), {w} worker(s): ours {o['tokens_per_sec'] / 1e6:.2f}M "
+                      f"tok/s, {a.baseline} {bl['tokens_per_sec'] / 1e6:.2f}M, ratio {cell['ratio']:.2f}, limit "
+                      f"{threads} x {o['limit_one_thread'] / 1e6:.2f}M, fraction {cell['fraction_of_limit']:.2f} "
+                      f"({a.baseline} {cell['baseline_fraction_of_limit']:.2f}); tokenizer alone on {threads} "
+                      f"thread(s) {o['tokenizer_alone'] / 1e6:.2f}M; identical {cell['identical']}", flush=True)
             rounds.append(row)
         res = {"input_mb": size / 1e6, "tokens": rounds[0][a.workers[0]]["ours"]["big"]["tokens"], "cores": cores,
                "baseline": a.baseline, "runs": a.runs,
-               "limit_one_thread_tokens_per_sec": float(np.median([r["limit"]["tokens_per_sec"] for r in rounds])),
-               "tokenizer_all_cores_tokens_per_sec": float(np.median([r["all_cores"]["tokens_per_sec"]
-                                                                      for r in rounds])),
                "load_average_1min": [r["load_average_1min"] for r in rounds],
-               "median": {str(w): summarize(rounds, w) for w in a.workers},
+               "median": {str(w): summarize(rounds, w, cores) for w in a.workers},
                "rounds": [{str(k): v for k, v in r.items()} for r in rounds]}
         if a.breakdown:
             res["breakdown_cpu_seconds"] = breakdown(big, a.workers[0])
+        if a.profile:
+            res["profile"] = profile_both(sides, big, small, tmp, a.workers[0], a.profile_runs)
     finally:
         if base_root:
             remove_worktree(base_root)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\npreprocess_data.py, {res['input_mb']:.1f} MB jsonl ({res['tokens'] / 1e6:.2f}M tokens) on {cores} cores, "
-          f"steady state, median of {a.runs} alternating rounds; limit = min(workers, cores) x "
-          f"{res['limit_one_thread_tokens_per_sec'] / 1e6:.2f}M tokens/s (encode(list), 1 thread); the tokenizer "
-          f"alone on {cores} threads got {res['tokenizer_all_cores_tokens_per_sec'] / 1e6:.2f}M tokens/s "
-          f"({res['tokenizer_all_cores_tokens_per_sec'] / res['limit_one_thread_tokens_per_sec']:.2f}x one thread: "
-          f"below {cores}x, the machine is shared)")
-    print(f"{'workers':>8} {'ours Mtok/s':>12} {a.baseline + ' Mtok/s':>15} {'ratio':>6} {'fraction':>9} "
-          f"{'(' + a.baseline + ')':>10} {'per core':>9} {'ratio/CPU-s':>12} {'fraction/CPU-s':>15} "
-          f"{'of tokenizer now':>17} {'identical':>10}")
+          f"steady state, median of {a.runs} alternating rounds; limit = min(workers, cores) x encode(list) on 1 "
+          f"thread, measured before and after each side's runs")
+    print(f"{'workers':>8} {'ours Mtok/s':>12} {a.baseline + ' Mtok/s':>15} {'ratio':>6} {'(min-max)':>11} "
+          f"{'limit 1 thr':>12} {'fraction':>9} {'(' + a.baseline + ')':>10} {'per core':>9} {'Mtok/CPU-s':>11} "
+          f"{'ratio/CPU-s':>12} {'fraction/CPU-s':>15} {'tok alone N thr/1':>18} {'of tokenizer now':>17} "
+          f"{'identical':>10}")
     for w in a.workers:
         m = res["median"][str(w)]
+        lo, hi = m["ratio_min_max"]
         print(f"{w:>8} {m['ours_tokens_per_sec'] / 1e6:>12.2f} {m['baseline_tokens_per_sec'] / 1e6:>15.2f} "
-              f"{m['ratio']:>6.2f} {m['fraction_of_limit']:>9.2f} {m['baseline_fraction_of_limit']:>10.2f} "
-              f"{m['per_core_tokens_per_sec'] / 1e6:>9.2f} {m['cpu_ratio']:>12.2f} {m['cpu_fraction_of_limit']:>15.2f} "
+              f"{m['ratio']:>6.2f} {f'{lo:.2f}-{hi:.2f}':>11} {m['limit_one_thread_tokens_per_sec'] / 1e6:>12.2f} "
+              f"{m['fraction_of_limit']:>9.2f} {m['baseline_fraction_of_limit']:>10.2f} "
+              f"{m['per_core_tokens_per_sec'] / 1e6:>9.2f} {m['ours_tokens_per_cpu_sec'] / 1e6:>11.2f} "
+              f"{m['cpu_ratio']:>12.2f} {m['cpu_fraction_of_limit']:>15.2f} {m['tokenizer_threads_over_one']:>18.2f} "
               f"{m['fraction_of_tokenizer_now']:>17.2f} {str(m['identical']):>10}")
     print("load average (1 min) per round: " + " ".join(f"{x:.1f}" for x in res["load_average_1min"]))
     if "breakdown_cpu_seconds" in res:
@@ -284,6 +380,8 @@ def main() -> int:
         for k, v in bd.items():
             if k not in ("json_parser", "tokens"):
                 print(f"  {k:<52} {v:7.2f}")
+    if "profile" in res:
+        print_profile(res["profile"], res["tokens"])
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(res, f, indent=1)
