@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from megatron_th.cli.parser import ArgumentParser
+
 
 def F(default, doc, **kw):
     """A config field with its documentation (shown by --help)."""
@@ -268,8 +270,8 @@ def _base_type(tp):
 
 
 def build_parser(extra=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pretrain_gpt.py", argument_default=argparse.SUPPRESS,
-                                description="Megatron-style GPT pretraining (flags override --config).")
+    p = ArgumentParser(prog="pretrain_gpt.py", argument_default=argparse.SUPPRESS,
+                       description="Megatron-style GPT pretraining (flags override --config).")
     p.add_argument("--config", help="YAML file; keys are these flags in snake_case, flat or in sections.")
     for sec, klass in SECTIONS.items():
         g = p.add_argument_group(sec)
@@ -469,8 +471,9 @@ def finalize(cfg: Config, world_size: int = 1) -> Config:
 
 def check_optimizer_options(o: OptimConfig, t: TrainConfig, need) -> None:
     """--optimizer's hyper-parameters and the EMA flags (docs/optimizers.md)."""
-    need(o.sgd_momentum >= 0, f"--sgd-momentum {o.sgd_momentum} must be >= 0")
+    need(0 <= o.sgd_momentum < 1, f"--sgd-momentum {o.sgd_momentum} must be in [0, 1)")
     need(0 <= o.muon_momentum < 1, f"--muon-momentum {o.muon_momentum} must be in [0, 1)")
+    need(o.muon_extra_scale_factor > 0, f"--muon-extra-scale-factor {o.muon_extra_scale_factor} must be > 0")
     need(o.muon_num_ns_steps >= 1, f"--muon-num-ns-steps {o.muon_num_ns_steps} must be >= 1")
     need(o.adafactor_beta2_decay <= 0, f"--adafactor-beta2-decay {o.adafactor_beta2_decay} must be <= 0")
     need(o.adafactor_d >= 1, f"--adafactor-d {o.adafactor_d} must be >= 1")
@@ -479,6 +482,7 @@ def check_optimizer_options(o: OptimConfig, t: TrainConfig, need) -> None:
     need(o.ema_decay is None or 0 <= o.ema_decay < 1, f"--ema-decay {o.ema_decay} must be in [0, 1)")
     need(o.ema_start_iter >= 0, "--ema-start-iter must be >= 0")
     need(not t.eval_ema or o.ema_decay is not None, "--eval-ema needs --ema-decay")
+    need(not o.ema_start_iter or o.ema_decay is not None, "--ema-start-iter needs --ema-decay")
 
 
 def check_model_options(m: ModelConfig, need) -> None:

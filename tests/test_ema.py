@@ -67,15 +67,17 @@ def test_beta_zero_is_the_weights_and_eval_ema_leaves_training_alone(data_prefix
                for n, e in zip([n for n, _ in outs["0.5"]["named_params"]], outs["0.5"]["optimizer"].ema.tensors))
 
 
-def test_convert_to_hf_exports_the_ema(runs, tmp_path):
-    """convert_to_hf --ema writes the saved EMA (of the serial Muon run), not the weights; a checkpoint
-    without an EMA (the averaged one, weights only) is one error line."""
+def test_convert_to_hf_exports_the_ema(runs, tmp_path, capsys):
+    """convert_to_hf --ema writes the saved EMA (of the serial Muon run), not the weights, and says so
+    in its progress line; a checkpoint without an EMA (the averaged one, weights only) is one error line."""
     pytest.importorskip("tokenizers", reason="HF export needs the [hf] extra")
     from megatron_th.cli.convert_to_hf import main
     from megatron_th.convert.hf_files import HFWeights
 
     ck = os.path.join(runs["root"], "muon_serial")
+    capsys.readouterr()
     assert main(["--load", ck, "--output", str(tmp_path / "hf_ema"), "--ema"]) == 0
+    assert "exporting the EMA weights (optim.ema.*) of " in capsys.readouterr().out
     hf, emas = HFWeights(str(tmp_path / "hf_ema")), _ema(ck)
     weights = CheckpointReader(find_checkpoint(ck))
     for hf_name, ours in (("model.norm.weight", "final_norm.weight"),
@@ -112,6 +114,35 @@ def test_bad_flags_are_config_errors():
     for argv, msg in ((["--eval-ema"], "--eval-ema needs --ema-decay"),
                       (["--ema-decay", "1"], "--ema-decay 1.0 must be in [0, 1)"),
                       (["--ema-decay", "0.9", "--ema-start-iter", "-1"], "--ema-start-iter must be >= 0"),
-                      (["--optimizer", "muon", "--muon-num-ns-steps", "0"], "--muon-num-ns-steps 0 must be >= 1")):
+                      (["--optimizer", "muon", "--muon-num-ns-steps", "0"], "--muon-num-ns-steps 0 must be >= 1"),
+                      (["--ema-start-iter", "100"], "--ema-start-iter needs --ema-decay"),
+                      (["--optimizer", "sgd", "--sgd-momentum", "1"], "--sgd-momentum 1.0 must be in [0, 1)"),
+                      (["--optimizer", "muon", "--muon-extra-scale-factor", "0"],
+                       "--muon-extra-scale-factor 0.0 must be > 0")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             finalize(parse_config(argv)[0])
+
+
+def test_plot_logs_draws_valid_ema_as_its_own_line(tmp_path):
+    """tools/plot_logs.py: valid and valid_ema records (any split) are separate lines of the loss
+    panel, each with only its own split's points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tools.plot_logs import main, read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"iteration": i, "lm_loss": 5.0 - i, "lr": 1e-3, "tokens_per_sec": 100.0} for i in (1, 2, 3, 4)]
+    recs += [{"split": "valid", "iteration": 2, "lm_loss": 4.5}, {"split": "valid_ema", "iteration": 2, "lm_loss": 4.7},
+             {"split": "valid", "iteration": 4, "lm_loss": 3.5}, {"split": "valid_ema", "iteration": 4, "lm_loss": 3.9}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    train, evals = read_metrics(str(run / "metrics.jsonl"))
+    assert len(train) == 4 and sorted(evals) == ["valid", "valid_ema"]
+    plt.close("all")
+    assert main([str(run), "--output", str(tmp_path / "c.png")]) == 0
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in plt.gcf().axes[0].lines}
+    plt.close("all")
+    assert lines == {"run train": [4.0, 3.0, 2.0, 1.0], "run valid": [4.5, 3.5], "run valid_ema": [4.7, 3.9]}

@@ -360,7 +360,7 @@ def test_cli_example_and_errors(capsys):
     cfg, _ = parse_config(["--config", example])  # training reads the same file (estimate: ignored)
     assert finalize(cfg, 4).model.ffn_hidden_size == 11008
     for bad, flag in ((["--gpu", "tpu"], "--gpu"), (["--tokenizer-model", "/nonexistent.model"], "--vocab-size"),
-                      (["--mfu", "2"], "--mfu"), (["--gpus", "3"], "--gpus 3"),
+                      (["--mfu", "2"], "--mfu"), (["--gpus", "3"], "--gpus 3"), (["--gpus", "0"], "--gpus 0"),
                       (["--micro-batch-size", "3"], "--micro-batch-size 3"),
                       (["--vocab-size", "32001", "--make-vocab-size-divisible-by", "1"], "--make-vocab-size-divisible-by")):
         args = bad if flag == "--vocab-size" else ["--config", example, *bad]

@@ -116,6 +116,24 @@ def test_resume_at_another_layout_continues_the_serial_run(runs, key):
     np.testing.assert_allclose(runs["cross"][key]["losses"], runs["serial"][key[0]]["losses"][5:], rtol=1e-5)
 
 
+def test_switching_optimizer_on_resume_says_what_is_dropped(runs):
+    """--load of an SGD checkpoint with --optimizer adafactor: one note line naming the dropped state
+    (SGD's momentum_buffer) and that Adafactor starts fresh; none when the optimizer is the same."""
+    from megatron_th.training.pretrain import pretrain
+
+    half = f"{runs['root']}/sgd_serial_5"  # saved at 5 by SGD (tests/optim_runs.py)
+    notes = {}
+    for opt in ("sgd", "adafactor"):
+        logs = []
+        pretrain(parse_config(R.argv(runs["prefix"], runs["cache"], *R.COMMON, *R.OPTIMIZERS[opt], "--train-iters", "5",
+                                     "--load", half))[0], log=logs.append)
+        notes[opt] = [m for m in logs if m.startswith("note: --optimizer")]
+    assert notes["sgd"] == []
+    assert notes["adafactor"] == ["note: --optimizer adafactor: the checkpoint's sgd state (optim.momentum_buffer.*) "
+                                  "is dropped; adafactor starts with fresh state (weights, fp32 masters and EMA load "
+                                  "as saved)"]
+
+
 @pytest.mark.parametrize("opt", sorted(R.OPTIMIZERS))
 def test_state_bytes_equal_the_estimator(runs, opt):
     """training/memory.py storage_bytes of every rank after 10 steps (weights, gradients, masters,

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Describe a checkpoint: iteration, tokens seen, the layout it was saved from, parameter counts,
 size on disk, and a check that every logical tensor is exactly covered by its slices."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megatron_th.cli.parser import ArgumentParser  # noqa: E402
 
 
 def coverage_problems(reader) -> list[str]:
@@ -36,7 +36,7 @@ def coverage_problems(reader) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("load", help="checkpoint directory (its `latest`) or one iter_* directory")
     p.add_argument("--iteration", type=int)
     a = p.parse_args(argv)

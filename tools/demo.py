@@ -4,17 +4,18 @@
 Checks what a user would: the run finished, the loss fell by more than 1 nat, a checkpoint exists,
 and the model continues a Thai prompt.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # a checkout without pip install
+from megatron_th.cli.parser import ArgumentParser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--save", default=os.path.join(ROOT, "runs", "demo"), help="run directory")
     p.add_argument("--nproc", type=int, default=8, help="processes (world size); 8 = TP 2 x PP 2 x DP 2")
     p.add_argument("--min-drop", type=float, default=1.0, help="fail unless the loss fell by more than this (nats)")

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Generate text from a checkpoint: greedy by default, or sampled with --temperature/--top-k/--top-p."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megatron_th.cli.parser import ArgumentParser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--load", required=True, help="checkpoint directory (uses its `latest`)")
     p.add_argument("--iteration", type=int, help="a specific saved iteration")
     p.add_argument("--prompt", required=True, help="text to continue")

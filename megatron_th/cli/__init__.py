@@ -10,5 +10,6 @@ megatron-th-estimate     ``megatron_th.cli.estimate.main``           tools/estim
 ======================== =========================================== ============================
 
 Each ``main(argv=None) -> int`` returns the exit status and prints a bad flag or input as one
-``error: ...`` line; each module also runs as ``python -m megatron_th.cli.NAME``.
+``error: ...`` line (a malformed flag too: every command's parser is cli/parser.py's
+``ArgumentParser``, exit status 2); each module also runs as ``python -m megatron_th.cli.NAME``.
 """

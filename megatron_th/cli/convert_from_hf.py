@@ -22,14 +22,16 @@ starts as the mean of the rows of the old pieces that spell the new token. See d
 import argparse
 import sys
 
+from megatron_th.cli.parser import ArgumentParser
+
 
 def main(argv=None) -> int:
     """The command (``argv`` defaults to sys.argv[1:]); returns the exit status: 0, or 1 on a bad model directory or output,
     printed as one ``error: ...`` line on stderr."""
     from megatron_th.convert import families
 
-    p = argparse.ArgumentParser(description=__doc__, epilog=families.describe(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, epilog=families.describe(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf", required=True, help="HF model directory (config.json, safetensors, tokenizer files)")
     p.add_argument("--output", required=True, help="checkpoint directory to write (use it as --load)")
     p.add_argument("--tokenizer-model", help="tokenizer to store instead of the HF one (sentencepiece .model or hf:<dir>)")

@@ -19,11 +19,13 @@ padding is dropped. See docs/conversion.md.
 import argparse
 import sys
 
+from megatron_th.cli.parser import ArgumentParser
+
 
 def main(argv=None) -> int:
     """The command (``argv`` defaults to sys.argv[1:]); returns the exit status: 0, or 1 on a bad checkpoint or output,
     printed as one ``error: ...`` line on stderr."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint directory (its `latest`, or --iteration)")
     p.add_argument("--iteration", type=int, help="export this saved iteration instead of the latest")
     p.add_argument("--output", required=True, help="HF model directory to write (built in OUTPUT.tmp, then renamed)")

@@ -20,6 +20,8 @@ import json
 import os
 import sys
 
+from megatron_th.cli.parser import ArgumentParser
+
 # setting -> (type, default, help)
 SETTINGS = {
     "gpus": (int, None, "Number of GPUs (world size). Default: TP x PP (data-parallel size 1)."),
@@ -50,7 +52,7 @@ def settings(argv, ns: argparse.Namespace) -> dict:
     from megatron_th.config import ESTIMATE_SECTION, ConfigError, read_yaml
 
     out = {k: d for k, (_, d, _) in SETTINGS.items()}
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--config")
     path = pre.parse_known_args(argv)[0].config
     if path:
@@ -93,6 +95,9 @@ def main(argv=None) -> int:
     try:
         cfg, ns = parse_config(argv, extra=add_flags)
         opts = settings(sys.argv[1:] if argv is None else argv, ns)
+        if opts["gpus"] is not None and opts["gpus"] < 1:  # 0 is not "the default" (TP x PP)
+            raise ConfigError(f"--gpus {opts['gpus']} must be >= 1 (a multiple of --tensor-model-parallel-size x "
+                              f"--pipeline-model-parallel-size)")
         vocab = cfg.model.vocab_size or opts.get("vocab_size") or vocab_from_tokenizer(cfg)
         from megatron_th.estimate import estimate, format_report
 

@@ -127,7 +127,8 @@ def export_to_hf(load: str, output: str, iteration: int | None = None, dtype: st
         raise ConversionError(f"{reader.path}: tensors do not match a {arch} of this config "
                               f"(unexpected {extra[:3]}, missing {missing[:3]})")
     tmp = prepare_output(output, overwrite)
-    log(f"exporting {reader.path} ({len(model_tensors)} tensors, saved at TP{reader.meta['layout']['tp']} "
+    what = "the EMA weights (optim.ema.*) of " if ema else ""  # --ema: say which weights go out
+    log(f"exporting {what}{reader.path} ({len(model_tensors)} tensors, saved at TP{reader.meta['layout']['tp']} "
         f"PP{reader.meta['layout']['pp']} DP{reader.meta['layout']['dp']}) as {arch} {_DTYPE_NAMES[out_dtype]}"
         f"{', config.json of the imported base' if based else ''}")
     writer = ShardedWriter(tmp, max_shard_bytes)

@@ -6,7 +6,6 @@ wait), in a cache directory keyed by the corpus and tokenizer contents.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 
@@ -73,6 +72,8 @@ def embedded_data_path(root: str | None = None, tokenizer: str = DEFAULT_TOKENIZ
 
 
 if __name__ == "__main__":  # python -m megatron_th.data.embedded: build and print the prefixes
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    from megatron_th.cli.parser import ArgumentParser
+
+    ArgumentParser(description=__doc__).parse_args()
     for p in embedded_data_path():
         print(p)

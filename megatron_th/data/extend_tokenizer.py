@@ -30,6 +30,7 @@ import tempfile
 
 import sentencepiece as spm
 
+from megatron_th.cli.parser import ArgumentParser
 from megatron_th.convert.hf_tokenizer import NORMAL, USER_DEFINED, load_model_proto
 
 BPE = 2
@@ -143,9 +144,9 @@ def extend_sentencepiece(base_model: str, add_model: str, out_path: str, log=pri
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="extend_tokenizer.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:]))
+    p = ArgumentParser(prog="extend_tokenizer.py", description=__doc__.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--base", required=True,
                    help="base sentencepiece BPE model, or an HF model directory with tokenizer.model")
     p.add_argument("--add", required=True, help="sentencepiece model whose missing pieces are appended (e.g. Thai)")

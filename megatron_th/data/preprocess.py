@@ -29,6 +29,7 @@ from itertools import islice
 
 import numpy as np
 
+from megatron_th.cli.parser import ArgumentParser
 from megatron_th.data import preprocess_worker, read_blocks, readers
 from megatron_th.data.indexed import IndexedDatasetBuilder, best_token_dtype
 from megatron_th.data.preprocess_worker import EMPTY, TOKENIZER_ERROR  # noqa: F401  (re-exported)
@@ -38,7 +39,7 @@ from megatron_th.utils.bars import format_sizeof, progress_bar, write
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Tokenize jsonl/jsonl.gz/parquet documents into Megatron-compatible .bin/.idx files.")
     p.add_argument("--input", nargs="+", required=True, help="input files or globs, read in this order")
     p.add_argument("--json-keys", nargs="+", default=["text"],

@@ -42,6 +42,7 @@ import argparse
 import sys
 from collections import Counter
 
+from megatron_th.cli.parser import ArgumentParser
 from megatron_th.data.chat_template import TEMPLATE_ERROR, ChatEncoder
 from megatron_th.data.dpo_records import SIDES, normalize_pair
 from megatron_th.data.preprocess import TOKENIZER_ERROR, add_run_arguments
@@ -56,7 +57,7 @@ OUTPUTS = tuple(f"_{side}{suffix}" for side in SIDES for suffix in (TOKENS_SUFFI
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Tokenize preference pairs (prompt, chosen, rejected) into record-aligned "
                     "PREFIX_{chosen,rejected}_{tokens,loss_mask} .bin/.idx datasets for --dpo training. "
                     "Text records are tokenized as they are; message lists are rendered with the chat template.")

@@ -42,6 +42,7 @@ from functools import partial
 
 import numpy as np
 
+from megatron_th.cli.parser import ArgumentParser
 from megatron_th.data import readers
 from megatron_th.data.chat_template import ChatEncoder, TemplateError, resolve_template
 from megatron_th.data.indexed import IndexedDatasetBuilder, best_token_dtype
@@ -57,7 +58,7 @@ TOKENS_SUFFIX, LOSS_MASK_SUFFIX = "_tokens", "_loss_mask"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Render chat/instruction records with a chat template into record-aligned "
                     "PREFIX_tokens and PREFIX_loss_mask .bin/.idx datasets for --sft training.")
     add_chat_arguments(p, "messages, conversations (ShareGPT), prompt/completion or instruction/input/output "

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from megatron_th.cli.parser import ArgumentParser
 from megatron_th.data import readers
 from megatron_th.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SentencePieceTokenizer, strip_invisible
 
@@ -38,9 +39,9 @@ def script_of(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train_tokenizer.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:]))
+    p = ArgumentParser(prog="train_tokenizer.py", description=__doc__.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--input", nargs="+", required=True, help="jsonl/jsonl.gz/parquet files or globs")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="text fields to train on")
     p.add_argument("--output", required=True, help="model file to write (e.g. th_en.model)")

@@ -11,7 +11,7 @@ def apply_checkpoint_args(cfg, log=print):
     every rank decides the same way. Every rank must call this."""
     from megatron_th.config import ARCH_FIELDS
     from megatron_th.parallel import host_sync
-    from megatron_th.training.resume import open_checkpoint, tokenizer_spec
+    from megatron_th.training.resume import check_resume, open_checkpoint, tokenizer_spec
 
     t, d = cfg.train, cfg.data
     if not t.load:
@@ -20,6 +20,7 @@ def apply_checkpoint_args(cfg, log=print):
                              missing_ok=True)
     if reader is None:
         return None
+    check_resume(reader, cfg, log)  # a weights-only checkpoint needs --finetune; a switched --optimizer: a note
     if not d.tokenizer_model:
         d.tokenizer_model = tokenizer_spec(reader)
         if d.tokenizer_model:

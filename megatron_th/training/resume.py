@@ -279,6 +279,42 @@ def data_changes(saved_config: dict, cfg) -> list[str]:
     return out
 
 
+def check_resume(reader: CheckpointReader | None, cfg, log=print) -> None:
+    """What ``--load`` (without ``--finetune`` and ``--skip-train``) takes from ``reader`` that the
+    user should know before training starts; every rank calls it, ``log`` is rank 0's.
+
+    - A weights-only checkpoint (no ``optimizer`` metadata: tools/average_checkpoints.py,
+      tools/convert_from_hf.py) saved at an iteration > 0 has no optimizer state and no data
+      position (``consumed_samples`` 0): resuming would restart the data at sample 0 at that
+      iteration. ConfigError telling to add --finetune. (An imported model is at iteration 0,
+      where resuming is the same as --finetune, and loads as before.)
+    - A checkpoint saved with another ``--optimizer``: its optimizer state is not loaded
+      (MixedPrecisionOptimizer.load_state); one ``note:`` line names what is dropped."""
+    from megatron_th.config import ConfigError
+
+    t = cfg.train
+    if reader is None or t.finetune or t.skip_train:
+        return
+    meta = reader.meta
+    iteration = int((meta.get("state") or {}).get("iteration", meta.get("iteration", 0)) or 0)
+    if "optimizer" not in meta:
+        if iteration > 0:
+            avg = meta.get("averaged")
+            what = (f"the average of iterations {', '.join(map(str, avg.get('iterations', [])))} written by "
+                    f"tools/average_checkpoints.py" if isinstance(avg, dict) else "a weights-only checkpoint")
+            raise ConfigError(f"--load {t.load}: {reader.path} is {what}, with no optimizer state and no data "
+                              f"position to resume at iteration {iteration}; add --finetune to train from its "
+                              f"weights (iteration, optimizer and data start fresh)")
+        return
+    saved = (meta.get("optimizer") or {}).get("optimizer", "adam")  # checkpoints before --optimizer: AdamW
+    if saved != cfg.optim.optimizer:
+        kinds = sorted({n.split(".")[1] for n in reader.tensors
+                        if n.startswith("optim.") and n.split(".")[1] not in ("master", "ema")})
+        held = ", ".join(f"optim.{k}.*" for k in kinds) or "none saved"
+        log(f"note: --optimizer {cfg.optim.optimizer}: the checkpoint's {saved} state ({held}) is dropped; "
+            f"{cfg.optim.optimizer} starts with fresh state (weights, fp32 masters and EMA load as saved)")
+
+
 def load_state(reader: CheckpointReader, model, optimizer, groups=None, weights_only: bool = False) -> dict:
     """Restores model, optimizer (if saved) and, at the same layout, RNG; returns the saved state.
 

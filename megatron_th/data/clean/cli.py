@@ -20,10 +20,12 @@ import json
 import os
 import sys
 
+from megatron_th.cli.parser import ArgumentParser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Clean a Thai+English web crawl (boilerplate, quality filters, "
-                                "near-duplicates, PII) on datatrove; optionally write Megatron .bin/.idx.")
+    p = ArgumentParser(description="Clean a Thai+English web crawl (boilerplate, quality filters, "
+                       "near-duplicates, PII) on datatrove; optionally write Megatron .bin/.idx.")
     p.add_argument("--input", nargs="+", required=True, help="jsonl / jsonl.gz / parquet files or globs")
     p.add_argument("--output-dir", required=True, help="kept/, removed/, stats.json, work/ and logs/ go here")
     p.add_argument("--config", default=None, help="YAML laid over megatron_th/data/clean/thai.yaml")
