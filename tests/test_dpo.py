@@ -200,13 +200,26 @@ def assert_close(ours: dict, theirs: dict, rtol=1e-5, what=""):
 
 
 # ------------------------------------------------------------------------------- proofs
-def test_policy_equal_to_reference_gives_ln2_and_zero_rewards(data, tmp_path):
+ITERS = 10
+DROPOUT = ("--hidden-dropout", "0.2", "--attention-dropout", "0.2")  # asked for; --dpo forces 0
+
+
+@pytest.fixture(scope="module")
+def serial(data):
+    """One process, ITERS DPO steps from the reference (``--finetune``: policy = reference at step
+    1), dropout asked for and forced off, logged: the first step's proof and the layouts' baseline."""
+    log_dir = str(data["tmp"] / "serial")
+    out = train(dpo_argv(data, "--finetune", "--load", data["ref"], "--log-dir", log_dir, *DROPOUT), ITERS)
+    return out, records(log_dir)
+
+
+def test_policy_equal_to_reference_gives_ln2_and_zero_rewards(data, serial):
     from safetensors.torch import load_file
 
     # dropout asked for, and forced to 0 by --dpo (else the policy would not be the reference)
-    out = train(dpo_argv(data, "--finetune", "--load", data["ref"], "--log-dir", str(tmp_path), "--hidden-dropout",
-                         "0.2", "--attention-dropout", "0.2"), 1)
-    (rec,) = records(str(tmp_path))
+    out, recs = serial
+    assert len(recs) == ITERS and recs[0]["iteration"] == 1
+    rec = recs[0]
     assert abs(out["losses"][0] - math.log(2)) <= 1e-6 and abs(rec["loss"] - math.log(2)) <= 1e-6
     for k in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
         assert abs(rec[k]) <= 1e-6, (k, rec[k])
@@ -273,9 +286,8 @@ def test_stale_reference_table_is_refused(data, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------- the 2-rank launch
-ITERS = 10
-LAYOUTS = {
-    "tp2_sp": ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+LAYOUTS = {  # TP: 2 micro-batches of 4 a step (half the collectives of 4 x 2; one process runs 4 x 2)
+    "tp2_sp": ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--micro-batch-size", "4"],
     "pp2": ["--pipeline-model-parallel-size", "2"],
     "dp2_zero1": ["--use-distributed-optimizer"],
 }
@@ -286,7 +298,7 @@ def _launch_body(rank, world, d):
 
     out = {}
     for name, flags in LAYOUTS.items():
-        r = train(dpo_argv(d, "--finetune", "--load", d["ref"], *flags), ITERS)
+        r = train(dpo_argv(d, "--finetune", "--load", d["ref"], *DROPOUT, *flags), ITERS)
         out[name] = (r["losses"], r["grad_norms"])
         fp = compute_ref_logps(ref_argv(d, d[f"table_{name}"], *flags), log=QUIET)
         if fp is not None:
@@ -296,14 +308,13 @@ def _launch_body(rank, world, d):
 
 
 @pytest.fixture(scope="module")
-def runs(data):
+def runs(data, serial):
     d = {k: v for k, v in data.items() if k != "tmp"}
     for name in LAYOUTS:
         d[f"table_{name}"] = str(data["tmp"] / f"ref_{name}.safetensors")
     d["eval_dp2"] = str(data["tmp"] / "eval_dp2")
-    serial = train(dpo_argv(d, "--finetune", "--load", d["ref"]), ITERS)
     par = D.run(_launch_body, 2, d, timeout=300)
-    return {"serial": serial, "par": par, "d": d}
+    return {"serial": serial[0], "par": par, "d": d}
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))

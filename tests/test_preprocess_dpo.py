@@ -1,7 +1,9 @@
 """tools/preprocess_dpo.py: text pairs tokenized as TRL's tokenize_row (prompt, completion, EOS),
 message-list pairs rendered and masked as SFT, truncation / drop / filters counted, bad records with
 file:line, the output as data/dpo_dataset.py reads it, and the embedded preference set."""
+import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -208,11 +210,21 @@ def _thai(text):
     return sum("\u0e00" <= ch <= "\u0e7f" for ch in letters) * 2 > len(letters)
 
 
+def _generator(monkeypatch):
+    """make_preferences.py as a module (no __pycache__ among the packaged assets)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    spec = importlib.util.spec_from_file_location("make_preferences", os.path.join(PREFS, "make_preferences.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_embedded_preference_set(tmp_path, tokenizer_model, monkeypatch):
     spm = load_tokenizer(tokenizer_model)
     train, heldout = _generated(PREFS, "make_preferences.py", monkeypatch)
     assert len(train) >= 250 and len(heldout) >= 40
-    assert sum(os.path.getsize(os.path.join(PREFS, f)) for f in os.listdir(PREFS)) < 150_000
+    # the grounding passages make the records longer than plain questions: still a small set
+    assert sum(os.path.getsize(os.path.join(PREFS, f)) for f in os.listdir(PREFS)) < 250_000
     question = lambda r: r["prompt"][-1]["content"]  # noqa: E731
     assert not {question(r) for r in train} & {question(r) for r in heldout}
     for records in (train, heldout):
@@ -224,11 +236,36 @@ def test_embedded_preference_set(tmp_path, tokenizer_model, monkeypatch):
             assert _thai(chosen) == _thai(q) and chosen != rejected
             assert _thai(rejected) != _thai(q) if "-lang-" in r["id"] else _thai(rejected) == _thai(q), r
 
+    # grounding pairs: the chosen answer takes its value from the prompt's passage, the rejected one
+    # is the same answer with a value of the same kind that the prompt does not hold
+    gen = _generator(monkeypatch)
+    grounded = {split: gen.grounded(split) for split in ("train", "heldout")}
+    for split, records in (("train", train), ("heldout", heldout)):
+        facts = [r for r in records if "-fact-" in r["id"]]
+        assert sorted(r["id"] for r in facts) == sorted(g[0]["id"] for g in grounded[split])
+        assert len({r["id"] for r in records}) == len(records) and len(facts) >= len(records) // 3
+        for rec, passage, q, value, invented in grounded[split]:
+            assert rec in facts and passage in question(rec) and question(rec).endswith(q), rec
+            chosen, rejected = rec["chosen"][0]["content"], rec["rejected"][0]["content"]
+            assert gen.occurs(value, passage) and gen.occurs(value, chosen), rec
+            assert not gen.occurs(invented, question(rec)) and gen.occurs(invented, rejected), rec
+            assert rejected.replace(invented, value) == chosen, rec
+    # held-out grounding pairs are new: no passage or question shares 20 characters with a training
+    # prompt, and no held-out value (right or invented) occurs in a training passage
+    train_prompts = ["\n".join(m["content"] for m in r["prompt"]) for r in train]
+    seen = {t[i:i + 20] for t in train_prompts for i in range(len(t) - 19)}
+    train_passages = "\n".join(p for _, p, _, _, _ in grounded["train"])
+    for rec, passage, q, value, invented in grounded["heldout"]:
+        for text in (passage, q):
+            assert not any(text[i:i + 20] in seen for i in range(len(text) - 19)), text
+        for v in (value, invented):
+            assert not gen.occurs(v, train_passages), (v, rec["id"])
+
     prefix = str(tmp_path / "p")
-    s, _ = _run(["--input", os.path.join(PREFS, "train.jsonl"), "--tokenizer-model", tokenizer_model,
-                 "--output-prefix", prefix])
-    assert s["pairs_written"] == s["docs_read"] == len(train)
-    for rec, ((c, cm), (r, rm)) in zip(train, _pairs(prefix)):
+    s, _ = _run(["--input", os.path.join(PREFS, "train.jsonl"), os.path.join(PREFS, "heldout.jsonl"),
+                 "--tokenizer-model", tokenizer_model, "--output-prefix", prefix])
+    assert s["pairs_written"] == s["docs_read"] == len(train) + len(heldout)
+    for rec, ((c, cm), (r, rm)) in zip(train + heldout, _pairs(prefix)):
         assert _runs_text(spm, c, cm) == [rec["chosen"][0]["content"] + "\n"]
         assert _runs_text(spm, r, rm) == [rec["rejected"][0]["content"] + "\n"]
     assert max(len(c) + len(r) for (c, _), (r, _) in _pairs(prefix)) <= 256  # the demo's --seq-length fits all
