@@ -1,4 +1,7 @@
 """Pipeline parallelism: schedule orders and bubbles, and whole runs equal to one process."""
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -69,8 +72,11 @@ def _pp_body(rank, world, prefix, cache, layouts):
         for tied in (True, False):
             out[(name, tied)] = _train(argv(prefix, cache, *PP_ARGS, *flags, *([] if tied else UNTIED)), ITERS)
         COUNTER.reset()
-        _train(argv(prefix, cache, *PP_ARGS, *flags), 1)
+        trace = os.path.join(os.path.dirname(cache), f"trace_{name}")
+        _train(argv(prefix, cache, *PP_ARGS, *flags, "--pipeline-trace-dir", trace), 1)
         out[(name, "bytes")] = dict(COUNTER.bytes)
+        with open(os.path.join(trace, f"rank{rank}.json")) as f:
+            out[(name, "trace")] = (json.load(f)["ops"], COUNTER.seconds[("send", "pp")])
     return out
 
 
@@ -96,6 +102,27 @@ def test_pipeline_parity_10_steps(runs, layout, tied):
     for rank, (loss, gn) in par[(layout, tied)].items():  # every rank agrees on loss and norm
         np.testing.assert_allclose(loss, loss0, rtol=1e-5, atol=0)
         np.testing.assert_allclose(gn, gn0, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_trace_splits_each_op_into_compute_and_communication(runs, layout):
+    """--pipeline-trace-dir: each op's blocking-collective seconds (TP) and, on the first op of each
+    step, the exchange before it: what benchmarks/vs_megatron_core.py breaks a step into."""
+    from megatron_th.parallel.p2p_plan import steps
+
+    world, flags = LAYOUTS[layout]
+    p = int(flags[flags.index("--pipeline-model-parallel-size") + 1])
+    tp = int(flags[flags.index("--tensor-model-parallel-size") + 1]) if "--tensor-model-parallel-size" in flags else 1
+    v = 2 if "--num-layers-per-virtual-pipeline-stage" in flags else 1
+    for rank, (ops, p2p_seconds) in runs[1][(layout, "trace")].items():
+        assert p2p_seconds > 0
+        assert all(0 <= o["comm"] <= o["end"] - o["start"] for o in ops)
+        assert all(0 <= o["comm_cpu"] <= o["cpu"] for o in ops)  # CPU seconds: the collectives' within the op's
+        assert (sum(o["comm"] for o in ops) > 0) == (tp > 1)  # TP collectives inside the ops, none without TP
+        firsts = [o for o in ops if o["exchange"] is not None]
+        assert len(firsts) == len(steps(p, rank // tp, 4, v))
+        assert all(x["exchange"][0] <= x["exchange"][1] <= x["start"] and x["exchange_cpu"] >= 0 for x in firsts)
+        assert ops[-1]["end"] <= ops[-1]["exchange_after"][0] <= ops[-1]["exchange_after"][1]
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))

@@ -3,7 +3,13 @@
 Every collective and p2p call goes through this module and is recorded as (op, group, bytes) in
 ``COUNTER``; tests and benchmarks compare a step's bytes with the analytic volume. Bytes are the
 message size as nccl-tests reports it: the tensor for all-reduce and send/recv, the full
-(gathered) output for all-gather, the full (unreduced) input for reduce-scatter.
+(gathered) output for all-gather, the full (unreduced) input for reduce-scatter. ``COUNTER`` also
+sums the wall seconds each blocking call held its caller (``seconds``, ``blocked``), waiting for
+the peers included, and the process CPU seconds spent meanwhile (``blocked_cpu``: the backend's
+copies and polling, all threads): the pipeline trace splits each op into compute and
+communication with them (benchmarks/vs_megatron_core.py). An ``async_op`` call is counted but not
+timed (its wait is wherever the caller waits; ``Pending.wait`` times it). On a GPU the host
+returns before NCCL finishes, so there the seconds measure host blocking only.
 
 Activations are ``[b, s, h]``; sequence parallelism splits dim 1 (the sequence).
 Torch renamed collectives over time (``all_gather_into_tensor`` -> ``all_gather_single``,
@@ -19,6 +25,7 @@ forward and backward alike, so a compiled step counts the same bytes as an eager
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import torch
@@ -29,18 +36,28 @@ _RS = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 class ByteCounter:
-    """Per-process record of communication: ``bytes[(op, group_name)]`` and ``calls[...]``."""
+    """Per-process record of communication: ``bytes[(op, group_name)]``, ``calls[...]`` and
+    ``seconds[...]`` (wall seconds of blocking calls); ``blocked``: all those seconds and
+    ``blocked_cpu``: the process CPU seconds during them, running totals that reset() keeps
+    (callers read differences)."""
 
     def __init__(self):
+        self.blocked = self.blocked_cpu = 0.0
         self.reset()
 
     def reset(self):
         self.bytes = defaultdict(int)
         self.calls = defaultdict(int)
+        self.seconds = defaultdict(float)
 
     def add(self, op: str, group_name: str, nbytes: int):
         self.bytes[(op, group_name)] += nbytes
         self.calls[(op, group_name)] += 1
+
+    def add_time(self, op: str, group_name: str, seconds: float, cpu: float = 0.0):
+        self.seconds[(op, group_name)] += seconds
+        self.blocked += seconds
+        self.blocked_cpu += cpu
 
     def total(self, op: str | None = None, group: str | None = None) -> int:
         return sum(v for (o, g), v in self.bytes.items() if (op is None or o == op) and (group is None or g == group))
@@ -56,6 +73,15 @@ def _name(group) -> str:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def _blocking(kind: str, group, fn, *args, **kwargs):
+    """``fn(*args, group=group, **kwargs)``, its wall time added to COUNTER.seconds[(kind, group)]
+    (and the process CPU time meanwhile to COUNTER.blocked_cpu)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args, group=group, **kwargs)
+    COUNTER.add_time(kind, _name(group), time.perf_counter() - t0, time.process_time() - c0)
+    return out
 
 
 def size(group) -> int:
@@ -78,7 +104,7 @@ def _all_reduce_op(t: torch.Tensor, group_name: str, reduce_max: bool) -> None:
     """In-place sum (or max) of ``t`` over the group named ``group_name``; counted."""
     group = _group(group_name)
     COUNTER.add("all_reduce", _name(group), _nbytes(t))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if reduce_max else dist.ReduceOp.SUM, group=group)
+    _blocking("all_reduce", group, dist.all_reduce, t, op=dist.ReduceOp.MAX if reduce_max else dist.ReduceOp.SUM)
 
 
 @torch.library.custom_op("megatron_th::all_gather", mutates_args=())
@@ -87,7 +113,7 @@ def _all_gather_op(t: torch.Tensor, group_name: str) -> torch.Tensor:
     group = _group(group_name)
     out = t.new_empty((dist.get_world_size(group) * t.shape[0],) + tuple(t.shape[1:]))
     COUNTER.add("all_gather", _name(group), _nbytes(out))
-    _AG(out, t, group=group)
+    _blocking("all_gather", group, _AG, out, t)
     return out
 
 
@@ -102,7 +128,7 @@ def _reduce_scatter_op(t: torch.Tensor, group_name: str) -> torch.Tensor:
     group = _group(group_name)
     out = t.new_empty((t.shape[0] // dist.get_world_size(group),) + tuple(t.shape[1:]))
     COUNTER.add("reduce_scatter", _name(group), _nbytes(t))
-    _RS(out, t, group=group)
+    _blocking("reduce_scatter", group, _RS, out, t)
     return out
 
 
@@ -123,21 +149,27 @@ def all_reduce(t: torch.Tensor, group=None, op=dist.ReduceOp.SUM, async_op: bool
         return t
     if size(group) > 1:
         COUNTER.add("all_reduce", _name(group), _nbytes(t))
-        work = dist.all_reduce(t, op=op, group=group, async_op=async_op)
-        return work if async_op else t
+        if async_op:
+            return dist.all_reduce(t, op=op, group=group, async_op=True)
+        _blocking("all_reduce", group, dist.all_reduce, t, op=op)
+        return t
     return None if async_op else t
 
 
 def reduce_scatter_into(out: torch.Tensor, t: torch.Tensor, group, async_op: bool = False):
     """Sum ``t`` (1-D, divisible by the group size) over the group; ``out`` gets this rank's part."""
     COUNTER.add("reduce_scatter", _name(group), _nbytes(t))
-    return _RS(out, t, group=group, async_op=async_op)
+    if async_op:
+        return _RS(out, t, group=group, async_op=True)
+    return _blocking("reduce_scatter", group, _RS, out, t)
 
 
 def all_gather_into(out: torch.Tensor, t: torch.Tensor, group, async_op: bool = False):
     """Concatenate every rank's ``t`` (1-D) into ``out``."""
     COUNTER.add("all_gather", _name(group), _nbytes(out))
-    return _AG(out, t, group=group, async_op=async_op)
+    if async_op:
+        return _AG(out, t, group=group, async_op=True)
+    return _blocking("all_gather", group, _AG, out, t)
 
 
 def all_gather(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
@@ -149,7 +181,7 @@ def all_gather(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
         return _all_gather_op(x, group.group_name).movedim(0, dim)
     out = torch.empty((n * x.shape[0],) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
     COUNTER.add("all_gather", _name(group), _nbytes(out))
-    _AG(out, x, group=group)
+    _blocking("all_gather", group, _AG, out, x)
     return out.movedim(0, dim)
 
 
@@ -164,8 +196,49 @@ def reduce_scatter(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
         return _reduce_scatter_op(x, group.group_name).movedim(0, dim)
     out = torch.empty((x.shape[0] // n,) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
     COUNTER.add("reduce_scatter", _name(group), _nbytes(x))
-    _RS(out, x, group=group)
+    _blocking("reduce_scatter", group, _RS, out, x)
     return out.movedim(0, dim)
+
+
+class Pending:
+    """A collective started without waiting (``all_reduce_start`` / ``reduce_scatter_start``), so
+    the caller can compute meanwhile; ``wait()`` returns its result, the wait timed into COUNTER."""
+
+    def __init__(self, work, kind: str, group, result, inputs=None):
+        self.work, self.kind, self.group, self.result = work, kind, group, result
+        self.inputs = inputs  # the collective's input, alive until it completed
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            t0, c0 = time.perf_counter(), time.process_time()
+            self.work.wait()
+            COUNTER.add_time(self.kind, _name(self.group), time.perf_counter() - t0, time.process_time() - c0)
+            self.work = self.inputs = None
+        return self.result() if callable(self.result) else self.result
+
+
+def all_reduce_start(t: torch.Tensor, group) -> Pending:
+    """Starts the in-place sum of contiguous ``t`` over the group (counted as all_reduce);
+    ``wait()`` returns ``t`` summed."""
+    if size(group) == 1:
+        return Pending(None, "all_reduce", group, t)
+    COUNTER.add("all_reduce", _name(group), _nbytes(t))
+    return Pending(dist.all_reduce(t, group=group, async_op=True), "all_reduce", group, t)
+
+
+def reduce_scatter_start(t: torch.Tensor, group, dim: int = 0) -> Pending:
+    """Starts ``reduce_scatter(t, group, dim)``; ``wait()`` returns this rank's part (the same
+    bytes and result as the blocking call)."""
+    n = size(group)
+    if n == 1:
+        return Pending(None, "reduce_scatter", group, t)
+    x = t.movedim(dim, 0).contiguous()
+    if x.shape[0] % n:
+        raise ValueError(f"reduce_scatter: dim {dim} of size {x.shape[0]} is not divisible by {n} ranks")
+    out = torch.empty((x.shape[0] // n,) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
+    COUNTER.add("reduce_scatter", _name(group), _nbytes(x))
+    work = _RS(out, x, group=group, async_op=True)
+    return Pending(work, "reduce_scatter", group, lambda: out.movedim(0, dim), inputs=x)
 
 
 def split(t: torch.Tensor, group, dim: int) -> torch.Tensor:

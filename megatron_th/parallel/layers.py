@@ -49,8 +49,72 @@ def shard_offsets(full_shape, tp_dim, tp_rank, tp_size, chunks=1):
     return out
 
 
+class _ColumnParallelMatmul(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` for a column-parallel weight whose input enters the TP region
+    here, with the input gradient's communication overlapped with the weight gradient's matmul.
+
+    forward(x [b, s (/tp under SP), h], weight [out_local, h], bias [out_local] or None, group, sp)
+    -> [b, s, out_local]. Forward: under SP the sequence shards are all-gathered first (dim 1).
+    Backward: dx = g W is computed first and its all-reduce over TP (SP: its reduce-scatter back
+    to sequence shards) started without waiting; dW = g^T x and db are computed meanwhile, then the
+    collective is waited. That is Megatron-LM's LinearWithGradAccumulationAndAsyncCommunication
+    (core/tensor_parallel/layers.py: the async dgrad all-reduce, or reduce-scatter under SP, during
+    the wgrad GEMM). Values, collectives and bytes are those of ``copy_to_tp`` / ``gather_from_sp``
+    followed by F.linear, bit for bit (tests/test_tp_overlap.py); what changes is that the wait for
+    the TP peers overlaps dW's matmul. Unlike Megatron under SP, the gathered input is kept from
+    forward (as F.linear after gather_from_sp kept it), not gathered again in backward.
+
+    The same code on GPU with NCCL behaves differently from gloo, and stays correct: gloo runs the
+    collective on its own threads while this thread computes dW on the CPU; NCCL enqueues it on
+    its internal stream behind an event on the current stream (so it reads the finished dx), dW's
+    GEMM goes on the compute stream, and ``wait()`` makes the compute stream (not the host) wait
+    for the collective before anything reads dx; ProcessGroupNCCL keeps dx (and, under SP, the
+    reduce-scatter's input, which Pending also holds) from the caching allocator until the
+    collective ends. Whether the two actually run at once is the GPU's choice: with several
+    hardware queues the GEMM can be dispatched first and fill every SM, and the collective then
+    runs after it (correct, not overlapped). Megatron-LM therefore sets CUDA_DEVICE_MAX_CONNECTIONS=1
+    (one queue: kernels start in issue order, the collective before the GEMM); set it here for the
+    same reason. COUNTER's seconds for the wait are host seconds, near zero on a GPU.
+    Under ``--compile`` a traced layer takes the blocking region functions instead
+    (``column_parallel_linear``): the compiled graph has no overlap, only the same values and bytes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, group, sequence_parallel):
+        full = comm.all_gather(x, group, dim=1) if sequence_parallel else x
+        ctx.save_for_backward(full, weight)
+        ctx.group, ctx.sequence_parallel, ctx.has_bias = group, sequence_parallel, bias is not None
+        return F.linear(full, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        full, weight = ctx.saved_tensors
+        pending = None
+        if ctx.needs_input_grad[0]:
+            dx = g.matmul(weight)
+            pending = (comm.reduce_scatter_start(dx, ctx.group, 1) if ctx.sequence_parallel
+                       else comm.all_reduce_start(dx, ctx.group))
+        g2 = g.reshape(-1, g.shape[-1])
+        dw = g2.t().matmul(full.reshape(-1, full.shape[-1])) if ctx.needs_input_grad[1] else None
+        db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return (pending.wait() if pending is not None else None), dw, db, None, None
+
+
+def column_parallel_linear(x, weight, bias, group, sequence_parallel: bool = False):
+    """``x`` (a sequence shard under SP) into the TP region, then ``F.linear(x, weight, bias)``:
+    _ColumnParallelMatmul (dx's collective overlapped with dW) with more than one TP rank. While
+    dynamo traces (``--compile``) the region functions of comm.py and F.linear instead (dynamo
+    takes their collectives as custom ops; same values and bytes)."""
+    if comm.size(group) == 1:
+        return F.linear(x, weight, bias)
+    if comm._tracing():
+        x = comm.gather_from_sp(x, group) if sequence_parallel else comm.copy_to_tp(x, group)
+        return F.linear(x, weight, bias)
+    return _ColumnParallelMatmul.apply(x, weight, bias, group, sequence_parallel)
+
+
 class ColumnParallelLinear(nn.Module):
-    """y_local = x W_local^T + b_local; W split along the output dim."""
+    """y_local = x W_local^T + b_local; W split along the output dim (column_parallel_linear)."""
 
     def __init__(self, weight, bias, group, sequence_parallel=False, chunks=1):
         super().__init__()
@@ -59,8 +123,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = mark(nn.Parameter(bias), 0, chunks) if bias is not None else None
 
     def forward(self, x):
-        x = comm.gather_from_sp(x, self.group) if self.sequence_parallel else comm.copy_to_tp(x, self.group)
-        return F.linear(x, self.weight, self.bias)
+        return column_parallel_linear(x, self.weight, self.bias, self.group, self.sequence_parallel)
 
 
 class RowParallelLinear(nn.Module):
@@ -104,15 +167,18 @@ class _VocabParallelCE(torch.autograd.Function):
     log(sum_exp) - (label logit - max); gradient softmax - onehot on each shard, no communication.
     A label equal to model.loss.IGNORE_INDEX (-100) gives loss 0 and no gradient, as on one device.
     Used when all tokens fit in one loss chunk (``vocab_parallel_lm_loss``); it keeps the full
-    local fp32 logits and softmax [..., V_local] until backward.
+    local fp32 softmax [..., V_local] until backward, which turns it into the gradient in place (as
+    Megatron's does: no copy of a logits-sized tensor), so a second backward through the same graph
+    (retain_graph) raises RuntimeError. Padded columns are masked only on a shard that has some.
     """
 
     @staticmethod
     def forward(ctx, logits, labels, group, vocab_start, true_vocab):
         logits = logits.float()
         v_local = logits.shape[-1]
-        cols = torch.arange(vocab_start, vocab_start + v_local, device=logits.device)
-        logits = logits.masked_fill(cols >= true_vocab, float("-inf"))  # padded vocab never wins
+        if vocab_start + v_local > true_vocab:  # this shard holds padded rows: they never win
+            cols = torch.arange(vocab_start, vocab_start + v_local, device=logits.device)
+            logits = logits.masked_fill(cols >= true_vocab, float("-inf"))
         lmax = logits.max(dim=-1).values
         comm.all_reduce(lmax, group, op=torch.distributed.ReduceOp.MAX)
         shifted = logits - lmax.unsqueeze(-1)
@@ -127,14 +193,19 @@ class _VocabParallelCE(torch.autograd.Function):
         loss = (sum_exp.log() - picked).masked_fill(ignored, 0.0)
         softmax = exp.div_(sum_exp.unsqueeze(-1))
         ctx.save_for_backward(softmax, local, inside, ignored)
+        ctx.used = False
         return loss
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.used:
+            raise RuntimeError("vocab-parallel cross entropy: its backward reuses the saved softmax in place "
+                               "and runs once (no retain_graph)")
+        ctx.used = True
         softmax, local, inside, ignored = ctx.saved_tensors
-        grad = softmax.clone()
-        onehot = torch.zeros_like(grad).scatter_(-1, local.unsqueeze(-1), 1.0) * inside.unsqueeze(-1)
-        grad.sub_(onehot).mul_(g.masked_fill(ignored, 0.0).unsqueeze(-1))
+        grad = softmax  # softmax - onehot(label) on the shard holding the label, in place
+        grad.scatter_add_(-1, local.unsqueeze(-1), inside.unsqueeze(-1).to(grad.dtype).neg())
+        grad.mul_(g.masked_fill(ignored, 0.0).unsqueeze(-1))
         return grad, None, None, None, None
 
 
@@ -192,6 +263,9 @@ class VocabParallelHead(nn.Module):
     the sequence shards are all-gathered first (their gradient reduce-scattered back), else x enters
     the TP region (its gradient all-reduced). Returns the fp32 per-token loss [b, s]
     (``vocab_parallel_lm_loss``) or the logits [b, s, true_vocab] gathered over the vocabulary.
+    When all tokens fit in one loss chunk the logits come from column_parallel_linear (x's gradient
+    communicated during the weight-gradient matmul) and go to vocab_parallel_cross_entropy, which
+    is what vocab_parallel_lm_loss computes for them.
     """
 
     def __init__(self, group, vocab_start, true_vocab, sequence_parallel=False):
@@ -199,6 +273,11 @@ class VocabParallelHead(nn.Module):
         self.group, self.vocab_start, self.true_vocab, self.sequence_parallel = group, vocab_start, true_vocab, sequence_parallel
 
     def forward(self, x, weight, labels=None):
+        if labels is not None and labels.numel() <= loss_mod.chunk_tokens_for(weight.shape[0]):
+            # one loss chunk: the logits through column_parallel_linear, whose backward overlaps
+            # the all-reduce (SP: reduce-scatter) of dx with the head's weight-gradient matmul
+            logits = column_parallel_linear(x, weight, None, self.group, self.sequence_parallel)
+            return vocab_parallel_cross_entropy(logits, labels, self.group, self.vocab_start, self.true_vocab)
         x = comm.gather_from_sp(x, self.group) if self.sequence_parallel else comm.copy_to_tp(x, self.group)
         if labels is not None:
             return vocab_parallel_lm_loss(x, weight, labels, self.group, self.vocab_start, self.true_vocab)

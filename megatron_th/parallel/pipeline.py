@@ -2,7 +2,12 @@
 
 Chunk c on PP rank r is virtual stage ``c*p + r`` and holds layer block ``c*p + r``. Shapes are
 known in advance (``[mbs, s (/TP under SP), h]``). Each op can be recorded in a trace
-``(op, micro-batch, chunk, start, end)`` for the bubble tools.
+``(op, micro-batch, chunk, start, end)`` for the bubble tools, with ``comm``: the seconds the op
+spent in blocking collectives (TP, comm.COUNTER.blocked), ``cpu`` / ``comm_cpu``: the process CPU
+seconds of the op and of its collectives, and on the first op of each step the ``exchange``
+[start, end] made before it with its ``exchange_cpu`` (on the last op also ``exchange_after``,
+``exchange_after_cpu``): the p2p transfers and the wait for the neighbouring stages (the bubble)
+together. Wall seconds are perf_counter, CPU seconds process_time (all the process's threads).
 
 Point-to-point, written for NCCL's rules (PyTorch ``ProcessGroupNCCL``; docs/parallelism.md):
 NCCL ignores tags and matches the messages of a rank pair first-in-first-out per communicator,
@@ -94,9 +99,12 @@ class P2P:
         for msg in recv:
             received[msg] = torch.empty(self.act_shape, dtype=self.dtype, device=self.device)
             ops[msg[0]].append(dist.P2POp(dist.irecv, received[msg], self.rank_of(msg[2]), self.group(msg[0])))
+        t0, c0 = time.perf_counter(), time.process_time()
         works = [w for kind in ("act", "grad") if ops[kind] for w in dist.batch_isend_irecv(ops[kind])]
         for w in works:
             w.wait()
+        if works:
+            comm.COUNTER.add_time("send", "pp", time.perf_counter() - t0, time.process_time() - c0)
         return received
 
     def warm_up(self) -> None:
@@ -133,11 +141,14 @@ class PipelineRunner:
         plan = exchanges(p, r, m, v, forward_only)
         outgoing, to_free = {}, []  # tensors of the messages the next exchange sends
         for ex, step in zip(plan, steps(p, r, m, v, forward_only)):
+            x0, xc = time.perf_counter(), time.process_time()
             received = self.p2p.exchange(ex["send"], outgoing, ex["recv"])
+            exchange, exchange_cpu = [x0, time.perf_counter()], time.process_time() - xc
             _free_sent(to_free)  # sent: only their autograd nodes are still needed
             for kind, k in step:
                 mb_id, vs = op_stage(p, r, v, kind, k)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), comm.COUNTER.blocked
+                u0, b0 = time.process_time(), comm.COUNTER.blocked_cpu
                 if kind == "F":
                     self._forward(vs, mb_id, micro_batches[mb_id], received, outgoing, to_free,
                                   num_tokens, loss_scale, forward_only)
@@ -145,9 +156,16 @@ class PipelineRunner:
                     self._backward_op(vs, mb_id, received, outgoing)
                 if record:
                     self.trace.append({"op": kind, "micro_batch": mb_id, "chunk": vs // p, "start": t0,
-                                       "end": time.perf_counter()})
+                                       "end": time.perf_counter(), "comm": comm.COUNTER.blocked - c0,
+                                       "cpu": time.process_time() - u0, "comm_cpu": comm.COUNTER.blocked_cpu - b0,
+                                       "exchange": exchange, "exchange_cpu": exchange_cpu})
+                exchange = exchange_cpu = None  # the exchange before a step is recorded on its first op
             del received
+        x0, xc = time.perf_counter(), time.process_time()
         self.p2p.exchange(plan[-1]["send"], outgoing, [])
+        if record and self.trace:
+            self.trace[-1]["exchange_after"] = [x0, time.perf_counter()]
+            self.trace[-1]["exchange_after_cpu"] = time.process_time() - xc
         _free_sent(to_free)
         total, stats = self._total, self._stats
         self._saved = self._stats = self._total = self._inputs = None
