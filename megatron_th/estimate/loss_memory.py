@@ -11,8 +11,11 @@ min(R, V) on the rank with the most):
   ``4 N V`` (+ the targets, ``8 N``); forward peak adds the logits ``N V' D`` and (16-bit) their
   fp32 copy ``4 N V``, backward two fp32 ``[N, V]`` gradients: transient
   ``max(N V' D + [D < 4] 4 N V, 8 N V)``. TP: ``_VocabParallelCE`` keeps the fp32 softmax shard
-  ``4 N R`` (+ the shard-local targets and two masks, ``10 N``); forward adds the logits, their fp32
-  copy and the exponentials, backward three fp32 ``[N, R]``: transient ``12 N R``.
+  ``4 N R`` (+ the shard-local targets and two masks, ``10 N``), which its backward turns into the
+  gradient in place; the peak is in forward: the logits ``N R D``, for 16-bit their fp32 copy
+  ``4 N R``, the shifted logits ``4 N R`` besides the exponentials (the saved shard): transient
+  ``(8 + D) N R`` for 16-bit, ``8 N R`` in fp32, ``12 N R`` in fp32 on a shard holding padded rows
+  (their masked copy; the last rank when V' > V).
 - **chunked** when N > C (``ChunkedLinearCrossEntropy``): keeps per token the shard-local label
   (int64), two bool masks and two fp32 statistics: ``18 N``; the forward peak is one chunk of logits
   ``C Vr (4 + D)`` (``C Vr 4`` in fp32: ``.float()`` is then the same tensor); backward recomputes
@@ -60,8 +63,8 @@ def transient_bytes(tokens: int, hidden: int, vocab: int, padded_vocab: int, tp:
     plan = loss_plan(tokens, vocab, padded_vocab, tp)
     n, h, d, r, v, c = tokens, hidden, act_bytes, plan["rows"], plan["valid"], plan["chunk"]
     if not plan["chunked"]:
-        if tp > 1:
-            return 12 * n * r
+        if tp > 1:  # forward: logits, their fp32 copy (16-bit), shifted, exp; fp32 on a padded shard: + masked copy
+            return (8 + d if d < 4 else 12 if padded_vocab > vocab else 8) * n * r
         return max(n * padded_vocab * d + (4 * n * vocab if d < 4 else 0), 8 * n * vocab)
     if d >= 4:
         tb = min(n, c)
