@@ -186,18 +186,32 @@ def all_gather(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
 
 
 def reduce_scatter(t: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
+    """Sum ``t`` over the group; this rank gets its part along ``dim`` (blocking, timed into
+    COUNTER). Raises ValueError when ``dim`` does not divide by the group size."""
     n = size(group)
     if n == 1:
         return t
-    x = t.movedim(dim, 0).contiguous()
-    if x.shape[0] % n:
-        raise ValueError(f"reduce_scatter: dim {dim} of size {x.shape[0]} is not divisible by {n} ranks")
+    x = _dim_first(t, n, dim)
     if _tracing():
         return _reduce_scatter_op(x, group.group_name).movedim(0, dim)
-    out = torch.empty((x.shape[0] // n,) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
+    out = _part_of(x, n)
     COUNTER.add("reduce_scatter", _name(group), _nbytes(x))
     _blocking("reduce_scatter", group, _RS, out, x)
     return out.movedim(0, dim)
+
+
+def _dim_first(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """``t`` with ``dim`` moved first, contiguous, for a reduce-scatter over ``n`` ranks.
+    Raises ValueError when that dimension does not divide by ``n``."""
+    x = t.movedim(dim, 0).contiguous()
+    if x.shape[0] % n:
+        raise ValueError(f"reduce_scatter: dim {dim} of size {x.shape[0]} is not divisible by {n} ranks")
+    return x
+
+
+def _part_of(x: torch.Tensor, n: int) -> torch.Tensor:
+    """An empty buffer for this rank's part of ``x`` (dim 0 split over ``n`` ranks)."""
+    return torch.empty((x.shape[0] // n,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
 
 
 class Pending:
@@ -232,10 +246,8 @@ def reduce_scatter_start(t: torch.Tensor, group, dim: int = 0) -> Pending:
     n = size(group)
     if n == 1:
         return Pending(None, "reduce_scatter", group, t)
-    x = t.movedim(dim, 0).contiguous()
-    if x.shape[0] % n:
-        raise ValueError(f"reduce_scatter: dim {dim} of size {x.shape[0]} is not divisible by {n} ranks")
-    out = torch.empty((x.shape[0] // n,) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
+    x = _dim_first(t, n, dim)
+    out = _part_of(x, n)
     COUNTER.add("reduce_scatter", _name(group), _nbytes(x))
     work = _RS(out, x, group=group, async_op=True)
     return Pending(work, "reduce_scatter", group, lambda: out.movedim(0, dim), inputs=x)

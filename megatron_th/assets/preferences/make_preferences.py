@@ -19,9 +19,10 @@ make_chat.py (fixed seeds): ``python make_preferences.py`` rewrites the same byt
 tests/test_preprocess_dpo.py checks that it does. Held-out pairs are new to training:
 
 - ``lang``: after a seeded shuffle of the chat questions every sixth goes to heldout.jsonl;
-- ``fact``: held-out passages use their own passage and question frames (FRAMES["heldout"]) and
-  their own values: names, places, fruits, animals, colours, months and whole numbers are split
-  between the two files (POOLS, ``number_side``), so no held-out passage or question is a training
+- ``fact``: held-out passages use their own passage and question frames (FRAMES["heldout"] in
+  grounding_frames.py, the data this file reads) and their own values: names, places, fruits,
+  animals, colours, months and whole numbers are split between the two files (POOLS,
+  ``number_side``), so no held-out passage or question is a training
   one and no held-out value, right or invented, occurs in a training passage. ``grounded(split)``
   returns each pair with its passage, question, value and invented value, for the test.
 """
@@ -35,9 +36,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _load_chat():
-    """../chat/make_chat.py as a module, without writing a __pycache__ among the packaged assets."""
-    spec = importlib.util.spec_from_file_location("make_chat", os.path.join(HERE, "..", "chat", "make_chat.py"))
+def _load(name, *path):
+    """The file at ``path`` (relative to this folder) as module ``name``, without writing a
+    __pycache__ among the packaged assets."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, *path))
     module = importlib.util.module_from_spec(spec)
     keep, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
@@ -47,7 +49,7 @@ def _load_chat():
     return module
 
 
-chat = _load_chat()
+chat = _load("make_chat", "..", "chat", "make_chat.py")
 
 # ------------------------------------------------------------------ wrong-language pairs
 # The greetings' answers (make_chat.GREETINGS) in both languages
@@ -132,196 +134,10 @@ def language_pairs(rng):
 
 
 # ------------------------------------------------------------------ grounding pairs
-# (English, Thai) values; each pool is split into values for training and held-out values
-POOLS = {
-    "name": {"train": [("Somchai", "สมชาย"), ("Malee", "มาลี"), ("Anan", "อนันต์"), ("Pim", "พิมพ์"),
-                       ("Kittisak", "กิตติศักดิ์"), ("Wichai", "วิชัย"), ("Suda", "สุดา"), ("Preecha", "ปรีชา"),
-                       ("Boonmee", "บุญมี"), ("Rattana", "รัตนา"), ("Kanya", "กัญญา"), ("Sombat", "สมบัติ"),
-                       ("Niran", "นิรันดร์"), ("Chaiwat", "ชัยวัฒน์"), ("Anna", "แอนนา"), ("Tom", "ทอม"),
-                       ("Lucy", "ลูซี่"), ("Peter", "ปีเตอร์"), ("Maria", "มาเรีย"), ("David", "เดวิด")],
-             "heldout": [("Jirayu", "จิรายุ"), ("Nattaya", "ณัฐยา"), ("Porntip", "พรทิพย์"), ("Surasak", "สุรศักดิ์"),
-                         ("Manee", "มานี"), ("Wanida", "วนิดา"), ("Thanawat", "ธนวัฒน์"), ("Orawan", "อรวรรณ"),
-                         ("Emma", "เอ็มมา"), ("James", "เจมส์"), ("Sarah", "ซาราห์"), ("Kenji", "เคนจิ")]},
-    "place": {"train": [("Chiang Mai", "เชียงใหม่"), ("Khon Kaen", "ขอนแก่น"), ("Phuket", "ภูเก็ต"),
-                        ("Hat Yai", "หาดใหญ่"), ("Udon Thani", "อุดรธานี"), ("Lampang", "ลำปาง"), ("Nan", "น่าน"),
-                        ("Trang", "ตรัง"), ("Rayong", "ระยอง"), ("Krabi", "กระบี่"), ("Sukhothai", "สุโขทัย"),
-                        ("Chanthaburi", "จันทบุรี"), ("Korat", "โคราช"), ("Ayutthaya", "อยุธยา")],
-              "heldout": [("Phitsanulok", "พิษณุโลก"), ("Surin", "สุรินทร์"), ("Chumphon", "ชุมพร"),
-                          ("Yasothon", "ยโสธร"), ("Satun", "สตูล"), ("Nakhon Phanom", "นครพนม"),
-                          ("Phayao", "พะเยา"), ("Ranong", "ระนอง")]},
-    "fruit": {"train": [("mangoes", "มะม่วง"), ("bananas", "กล้วย"), ("papayas", "มะละกอ"),
-                        ("pineapples", "สับปะรด"), ("durians", "ทุเรียน"), ("mangosteens", "มังคุด"),
-                        ("coconuts", "มะพร้าว"), ("watermelons", "แตงโม"), ("oranges", "ส้ม"), ("guavas", "ฝรั่ง")],
-              "heldout": [("rambutans", "เงาะ"), ("longans", "ลำไย"), ("lychees", "ลิ้นจี่"),
-                          ("jackfruits", "ขนุน"), ("tamarinds", "มะขาม"), ("sapodillas", "ละมุด")]},
-    "animal": {"train": [("cat", "แมว"), ("dog", "สุนัข"), ("rabbit", "กระต่าย"), ("parrot", "นกแก้ว"),
-                         ("turtle", "เต่า")],
-               "heldout": [("goat", "แพะ"), ("duck", "เป็ด"), ("pig", "หมู"), ("horse", "ม้า")]},
-    "colour": {"train": [("white", "ขาว"), ("black", "ดำ"), ("brown", "น้ำตาล"), ("grey", "เทา"), ("red", "แดง")],
-               "heldout": [("yellow", "เหลือง"), ("golden", "ทอง"), ("cream", "ครีม")]},
-    "month": {"train": [chat.MONTHS[i] for i in (0, 1, 2, 4, 5, 7, 9, 11)],
-              "heldout": [chat.MONTHS[i] for i in (3, 6, 8, 10)]},
-}
-# whole-number slots: inclusive ranges (a time is an hour from "hour" and a minute from MINUTES)
-NUMBERS = {"year": (1960, 2023), "day": (1, 28), "price": (20, 480), "room": (101, 499), "hour": (6, 21)}
-MINUTES = ("00", "15", "30", "45")
-
-# Passage frames: (kind, passage EN, passage TH, [(asked slot, question EN, answer EN, question TH,
-# answer TH)]). A slot "n" takes a whole number in the frame's range; "date" is "{day} {month}",
-# "time" is "{hour}:{minute}" in English and "{hour}.{minute}" in Thai (read "... น.").
-FRAMES = {
-    "train": [
-        ("bakery", {},
-         "{name} opened a small bakery in {place} in {year}.",
-         "{name}เปิดร้านเบเกอรี่เล็ก ๆ ที่{place}เมื่อปี {year}",
-         [("year", "In which year did {name} open the bakery?", "{name} opened the bakery in {year}.",
-           "{name}เปิดร้านเบเกอรี่เมื่อปีไหน", "{name}เปิดร้านเบเกอรี่เมื่อปี {year} ครับ"),
-          ("place", "Where is {name}'s bakery?", "{name}'s bakery is in {place}.",
-           "ร้านเบเกอรี่ของ{name}อยู่ที่ไหน", "ร้านเบเกอรี่ของ{name}อยู่ที่{place}ครับ"),
-          ("name", "Who opened a bakery in {place}?", "{name} opened a bakery in {place}.",
-           "ใครเปิดร้านเบเกอรี่ที่{place}", "{name}เปิดร้านเบเกอรี่ที่{place}ครับ")]),
-        ("museum", {"n": (12, 60)},
-         "On {date}, {n} students from our school visited a museum in {place}.",
-         "เมื่อวันที่ {date} นักเรียน {n} คนจากโรงเรียนของเราไปชมพิพิธภัณฑ์ที่{place}",
-         [("n", "How many students visited the museum?", "{n} students visited the museum.",
-           "นักเรียนไปชมพิพิธภัณฑ์กี่คน", "นักเรียนไปชมพิพิธภัณฑ์ {n} คนครับ"),
-          ("place", "In which town was the museum?", "The museum was in {place}.",
-           "พิพิธภัณฑ์อยู่ที่เมืองไหน", "พิพิธภัณฑ์อยู่ที่{place}ครับ"),
-          ("date", "When did the students visit the museum?", "They visited the museum on {date}.",
-           "นักเรียนไปชมพิพิธภัณฑ์วันที่เท่าไร", "นักเรียนไปชมพิพิธภัณฑ์เมื่อวันที่ {date}ครับ")]),
-        ("market", {},
-         "At the market, {name} sells {fruit} for {price} baht a kilo.",
-         "ที่ตลาด {name}ขาย{fruit}กิโลกรัมละ {price} บาท",
-         [("price", "How much does {name} sell {fruit} for?", "{name} sells {fruit} for {price} baht a kilo.",
-           "{name}ขาย{fruit}กิโลกรัมละเท่าไร", "{name}ขาย{fruit}กิโลกรัมละ {price} บาทครับ"),
-          ("fruit", "What does {name} sell at the market?", "{name} sells {fruit} at the market.",
-           "{name}ขายอะไรที่ตลาด", "{name}ขาย{fruit}ที่ตลาดครับ"),
-          ("name", "Who sells {fruit} at the market?", "{name} sells {fruit} at the market.",
-           "ใครขาย{fruit}ที่ตลาด", "{name}ขาย{fruit}ที่ตลาดครับ")]),
-        ("football", {},
-         "The village football match will be held on {date} at the sports ground in {place}.",
-         "การแข่งขันฟุตบอลของหมู่บ้านจะจัดขึ้นในวันที่ {date} ที่สนามกีฬา{place}",
-         [("date", "When is the football match?", "The football match is on {date}.",
-           "การแข่งขันฟุตบอลจัดขึ้นวันที่เท่าไร", "การแข่งขันฟุตบอลจัดขึ้นในวันที่ {date}ครับ"),
-          ("place", "Where is the football match?", "The football match is at the sports ground in {place}.",
-           "การแข่งขันฟุตบอลจัดขึ้นที่ไหน", "การแข่งขันฟุตบอลจัดขึ้นที่สนามกีฬา{place}ครับ")]),
-        ("railway", {"n": (1, 12)},
-         "The train to {place} leaves at {time} from platform {n}.",
-         "รถไฟไป{place}ออกเวลา {time} น. ที่ชานชาลา {n}",
-         [("time", "What time does the train to {place} leave?", "The train to {place} leaves at {time}.",
-           "รถไฟไป{place}ออกกี่โมง", "รถไฟไป{place}ออกเวลา {time} น. ครับ"),
-          ("n", "Which platform does the train to {place} leave from?",
-           "The train to {place} leaves from platform {n}.",
-           "รถไฟไป{place}ออกจากชานชาลาไหน", "รถไฟไป{place}ออกจากชานชาลา {n} ครับ"),
-          ("place", "Where does the train at {time} go?", "The train at {time} goes to {place}.",
-           "รถไฟเวลา {time} น. ไปที่ไหน", "รถไฟเวลา {time} น. ไป{place}ครับ")]),
-        ("pet", {"n": (1, 15)},
-         "{name} has a {colour} {animal} that is {n} years old.",
-         "{name}มี{animal}สี{colour}อายุ {n} ปี",
-         [("n", "How old is {name}'s {animal}?", "{name}'s {animal} is {n} years old.",
-           "{animal}ของ{name}อายุกี่ปี", "{animal}ของ{name}อายุ {n} ปีครับ"),
-          ("colour", "What colour is {name}'s {animal}?", "{name}'s {animal} is {colour}.",
-           "{animal}ของ{name}สีอะไร", "{animal}ของ{name}สี{colour}ครับ"),
-          ("animal", "What pet does {name} have?", "{name} has a {colour} {animal}.",
-           "{name}เลี้ยงสัตว์อะไร", "{name}เลี้ยง{animal}สี{colour}ครับ")]),
-        ("library", {"n": (2, 9)},
-         "{name} borrowed {n} books from the library and must return them by {date}.",
-         "{name}ยืมหนังสือจากห้องสมุด {n} เล่ม และต้องคืนภายในวันที่ {date}",
-         [("n", "How many books did {name} borrow?", "{name} borrowed {n} books.",
-           "{name}ยืมหนังสือกี่เล่ม", "{name}ยืมหนังสือ {n} เล่มครับ"),
-          ("date", "By when must {name} return the books?", "{name} must return the books by {date}.",
-           "{name}ต้องคืนหนังสือภายในวันไหน", "{name}ต้องคืนหนังสือภายในวันที่ {date}ครับ")]),
-        ("weather", {"n": (24, 41)},
-         "Yesterday the temperature in {place} reached {n} degrees Celsius.",
-         "เมื่อวานนี้ที่{place}อุณหภูมิสูงถึง {n} องศาเซลเซียส",
-         [("n", "How hot did it get in {place} yesterday?", "It reached {n} degrees Celsius in {place}.",
-           "เมื่อวานนี้ที่{place}ร้อนแค่ไหน", "เมื่อวานนี้ที่{place}อุณหภูมิสูงถึง {n} องศาเซลเซียสครับ"),
-          ("place", "Where did the temperature reach {n} degrees yesterday?",
-           "The temperature reached {n} degrees in {place}.",
-           "เมื่อวานนี้ที่ไหนอุณหภูมิสูงถึง {n} องศา", "เมื่อวานนี้อุณหภูมิที่{place}สูงถึง {n} องศาครับ")]),
-        ("noodles", {"n": (4, 20)},
-         "{name}'s noodle shop opens at {time} and has {n} tables.",
-         "ร้านก๋วยเตี๋ยวของ{name}เปิดเวลา {time} น. และมีโต๊ะ {n} ตัว",
-         [("time", "What time does {name}'s noodle shop open?", "{name}'s noodle shop opens at {time}.",
-           "ร้านก๋วยเตี๋ยวของ{name}เปิดกี่โมง", "ร้านก๋วยเตี๋ยวของ{name}เปิดเวลา {time} น. ครับ"),
-          ("n", "How many tables does {name}'s noodle shop have?", "{name}'s noodle shop has {n} tables.",
-           "ร้านก๋วยเตี๋ยวของ{name}มีโต๊ะกี่ตัว", "ร้านก๋วยเตี๋ยวของ{name}มีโต๊ะ {n} ตัวครับ")]),
-        ("hotel", {},
-         "{name} is staying in room {room} of a hotel in {place}.",
-         "{name}พักอยู่ห้อง {room} ของโรงแรมแห่งหนึ่งใน{place}",
-         [("room", "Which room is {name} staying in?", "{name} is staying in room {room}.",
-           "{name}พักอยู่ห้องอะไร", "{name}พักอยู่ห้อง {room} ครับ"),
-          ("place", "In which town is {name}'s hotel?", "{name}'s hotel is in {place}.",
-           "โรงแรมที่{name}พักอยู่ที่เมืองไหน", "โรงแรมที่{name}พักอยู่ใน{place}ครับ")]),
-        ("birth", {},
-         "{name} was born in {place} in {year}.",
-         "{name}เกิดที่{place}เมื่อปี {year}",
-         [("year", "In which year was {name} born?", "{name} was born in {year}.",
-           "{name}เกิดปีไหน", "{name}เกิดเมื่อปี {year} ครับ"),
-          ("place", "Where was {name} born?", "{name} was born in {place}.",
-           "{name}เกิดที่ไหน", "{name}เกิดที่{place}ครับ")]),
-        ("bus", {"n": (2, 12)},
-         "The bus from {place} to {place2} costs {price} baht and takes {n} hours.",
-         "รถบัสจาก{place}ไป{place2}ราคา {price} บาท และใช้เวลา {n} ชั่วโมง",
-         [("price", "How much is the bus from {place} to {place2}?",
-           "The bus from {place} to {place2} costs {price} baht.",
-           "รถบัสจาก{place}ไป{place2}ราคาเท่าไร", "รถบัสจาก{place}ไป{place2}ราคา {price} บาทครับ"),
-          ("n", "How long does the bus trip take?", "The bus trip takes {n} hours.",
-           "รถบัสใช้เวลากี่ชั่วโมง", "รถบัสใช้เวลา {n} ชั่วโมงครับ")]),
-    ],
-    "heldout": [
-        ("templefair", {"n": (3, 16)},
-         "The temple fair in {place} starts on {date} and goes on for {n} days.",
-         "งานวัดที่{place}เริ่มวันที่ {date} และจัดต่อเนื่อง {n} วัน",
-         [("n", "For how many days does the temple fair go on?", "The temple fair goes on for {n} days.",
-           "งานวัดจัดกี่วัน", "งานวัดจัดต่อเนื่อง {n} วันครับ"),
-          ("date", "On what date does the temple fair start?", "The temple fair starts on {date}.",
-           "งานวัดเริ่มวันที่เท่าไร", "งานวัดเริ่มวันที่ {date}ครับ"),
-          ("place", "Where is the temple fair?", "The temple fair is in {place}.",
-           "งานวัดจัดที่ไหน", "งานวัดจัดที่{place}ครับ")]),
-        ("farm", {"n": (3, 40)},
-         "{name} grows {fruit} on {n} rai of land near {place}.",
-         "{name}ปลูก{fruit}บนที่ดิน {n} ไร่ ใกล้{place}",
-         [("fruit", "What does {name} grow?", "{name} grows {fruit}.", "{name}ปลูกอะไร", "{name}ปลูก{fruit}ครับ"),
-          ("n", "How much land does {name} farm?", "{name} farms {n} rai of land.",
-           "ที่ดินของ{name}มีกี่ไร่", "ที่ดินของ{name}มี {n} ไร่ครับ"),
-          ("place", "Near which town is {name}'s land?", "{name}'s land is near {place}.",
-           "ที่ดินของ{name}อยู่ใกล้เมืองไหน", "ที่ดินของ{name}อยู่ใกล้{place}ครับ")]),
-        ("lost", {},
-         "Our {colour} {animal} has been missing since {date}. If you see it, please call {name}.",
-         "{animal}สี{colour}ของเราหายไปตั้งแต่วันที่ {date} ถ้าพบเห็นกรุณาโทรหา{name}",
-         [("name", "Whom should you call if you see the {animal}?", "You should call {name}.",
-           "ถ้าพบ{animal}ควรโทรหาใคร", "ควรโทรหา{name}ครับ"),
-          ("colour", "What colour is the missing {animal}?", "The missing {animal} is {colour}.",
-           "{animal}ที่หายไปสีอะไร", "{animal}ที่หายไปสี{colour}ครับ"),
-          ("date", "Since when has the {animal} been missing?", "The {animal} has been missing since {date}.",
-           "{animal}หายไปตั้งแต่เมื่อไร", "{animal}หายไปตั้งแต่วันที่ {date}ครับ")]),
-        ("flight", {"n": (1, 24)},
-         "Passengers for the flight to {place} board at gate {n} at {time}.",
-         "ผู้โดยสารเที่ยวบินไป{place}ขึ้นเครื่องที่ประตู {n} เวลา {time} น.",
-         [("n", "At which gate do passengers for {place} board?", "Passengers for {place} board at gate {n}.",
-           "ผู้โดยสารไป{place}ขึ้นเครื่องที่ประตูไหน", "ผู้โดยสารไป{place}ขึ้นเครื่องที่ประตู {n} ครับ"),
-          ("time", "At what time does boarding for {place} begin?", "Boarding for {place} begins at {time}.",
-           "ผู้โดยสารไป{place}ขึ้นเครื่องกี่โมง", "ผู้โดยสารไป{place}ขึ้นเครื่องเวลา {time} น. ครับ")]),
-        ("teacher", {"n": (8, 45)},
-         "{name} teaches {n} children at the village school in {place}.",
-         "{name}สอนเด็ก {n} คนที่โรงเรียนประจำหมู่บ้านใน{place}",
-         [("n", "How many children does {name} teach?", "{name} teaches {n} children.",
-           "{name}สอนเด็กกี่คน", "{name}สอนเด็ก {n} คนครับ"),
-          ("name", "Who teaches at the village school in {place}?", "{name} teaches at the village school in {place}.",
-           "ใครสอนที่โรงเรียนประจำหมู่บ้านใน{place}", "{name}สอนที่โรงเรียนประจำหมู่บ้านใน{place}ครับ")]),
-        ("shopping", {"n": (6, 30)},
-         "{name} bought {n} eggs and a bag of rice and paid {price} baht.",
-         "{name}ซื้อไข่ {n} ฟองกับข้าวสารหนึ่งถุง จ่ายเงินไป {price} บาท",
-         [("n", "How many eggs did {name} buy?", "{name} bought {n} eggs.",
-           "{name}ซื้อไข่กี่ฟอง", "{name}ซื้อไข่ {n} ฟองครับ"),
-          ("price", "How much did {name} pay?", "{name} paid {price} baht.",
-           "{name}จ่ายเงินไปเท่าไร", "{name}จ่ายเงินไป {price} บาทครับ")]),
-    ],
-}
-PER_FRAME = {"train": 8, "heldout": 4}  # passages per frame and language
-WRAPPERS = {"en": ("{p}\n{q}", "Read this: {p}\nQuestion: {q}", "{p} {q}", "Text: {p}\n\n{q}"),
-            "th": ("{p}\n{q}", "อ่านข้อความนี้: {p}\nคำถาม: {q}", "{p} {q}", "ข้อความ: {p}\n\n{q}")}
+frames = _load("grounding_frames", "grounding_frames.py")
+POOLS = dict(frames.POOLS, month={split: [chat.MONTHS[i] for i in idx] for split, idx in frames.MONTH_SPLIT.items()})
+NUMBERS, MINUTES, FRAMES = frames.NUMBERS, frames.MINUTES, frames.FRAMES
+PER_FRAME, WRAPPERS = frames.PER_FRAME, frames.WRAPPERS
 
 
 def number_side(n):
