@@ -3,6 +3,7 @@ message-list pairs rendered and masked as SFT, truncation / drop / filters count
 file:line, the output as data/dpo_dataset.py reads it, and the embedded preference set."""
 import importlib.util
 import os
+import re
 import sys
 
 import pytest
@@ -236,29 +237,36 @@ def test_embedded_preference_set(tmp_path, tokenizer_model, monkeypatch):
             assert _thai(chosen) == _thai(q) and chosen != rejected
             assert _thai(rejected) != _thai(q) if "-lang-" in r["id"] else _thai(rejected) == _thai(q), r
 
-    # grounding pairs: the chosen answer takes its value from the prompt's passage, the rejected one
-    # is the same answer with a value of the same kind that the prompt does not hold
+    # grounding pairs: the chosen answer takes its value from the prompt's passage and stops; the
+    # rejected one is the same answer followed by a claim whose values the prompt does not hold
     gen = _generator(monkeypatch)
     grounded = {split: gen.grounded(split) for split in ("train", "heldout")}
+    claims = {}
     for split, records in (("train", train), ("heldout", heldout)):
         facts = [r for r in records if "-fact-" in r["id"]]
         assert sorted(r["id"] for r in facts) == sorted(g[0]["id"] for g in grounded[split])
         assert len({r["id"] for r in records}) == len(records) and len(facts) >= len(records) // 3
+        claims[split] = []
         for rec, passage, q, value, invented in grounded[split]:
             assert rec in facts and passage in question(rec) and question(rec).endswith(q), rec
             chosen, rejected = rec["chosen"][0]["content"], rec["rejected"][0]["content"]
             assert gen.occurs(value, passage) and gen.occurs(value, chosen), rec
-            assert not gen.occurs(invented, question(rec)) and gen.occurs(invented, rejected), rec
-            assert rejected.replace(invented, value) == chosen, rec
-    # held-out grounding pairs are new: no passage or question shares 20 characters with a training
-    # prompt, and no held-out value (right or invented) occurs in a training passage
-    train_prompts = ["\n".join(m["content"] for m in r["prompt"]) for r in train]
+            assert rejected.startswith(chosen + " ") and invented, rec
+            claim = rejected[len(chosen) + 1:]
+            assert any(re.fullmatch(re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(t)), claim)
+                       for t in gen.CLAIMS[split][rec["id"].split("-")[1]]), claim
+            for v in invented:
+                assert gen.occurs(v, claim) and not gen.occurs(v, question(rec)), (v, rec)
+            claims[split].append(claim)
+    # held-out grounding pairs are new: no passage, question or claim shares 20 characters with a
+    # training prompt or claim, and no held-out value (right or invented) occurs in a training passage
+    train_prompts = ["\n".join(m["content"] for m in r["prompt"]) for r in train] + claims["train"]
     seen = {t[i:i + 20] for t in train_prompts for i in range(len(t) - 19)}
     train_passages = "\n".join(p for _, p, _, _, _ in grounded["train"])
-    for rec, passage, q, value, invented in grounded["heldout"]:
-        for text in (passage, q):
+    for (rec, passage, q, value, invented), claim in zip(grounded["heldout"], claims["heldout"]):
+        for text in (passage, q, claim):
             assert not any(text[i:i + 20] in seen for i in range(len(text) - 19)), text
-        for v in (value, invented):
+        for v in (value, *invented):
             assert not gen.occurs(v, train_passages), (v, rec["id"])
 
     prefix = str(tmp_path / "p")

@@ -5,8 +5,10 @@ CC0 1.0 (see ../LICENSE).
 POOLS: (English, Thai) values per slot, each split into values for training and held-out values
 (the months are make_chat.MONTHS split by MONTH_SPLIT, added by make_preferences.py); NUMBERS:
 inclusive ranges of whole-number slots; FRAMES: per file, (kind, ranges, passage EN, passage TH,
-[(asked slot, question EN, answer EN, question TH, answer TH)]); PER_FRAME: passages per frame and
-language; WRAPPERS: how a passage and its question are put in one user turn.
+[(asked slot, question EN, answer EN, question TH, answer TH)]); CLAIMS: per file and language, the
+sentences a rejected answer adds to the right one, each stating something the passage does not say;
+PER_FRAME: passages per frame and language; WRAPPERS: how a passage and its question are put in one
+user turn.
 """
 
 # (English, Thai) values; each pool is split into values for training and held-out values
@@ -193,6 +195,18 @@ FRAMES = {
           ("price", "How much did {name} pay?", "{name} paid {price} baht.",
            "{name}จ่ายเงินไปเท่าไร", "{name}จ่ายเงินไป {price} บาทครับ")]),
     ],
+}
+# Unsupported claims: a rejected answer is the right answer followed by one of these, its slots
+# filled with values the prompt does not hold. Held-out claims are other sentences than training ones.
+CLAIMS = {
+    "train": {"en": ("It was also on the news in {place}.", "{name} was there too.", "This was back in {year}.",
+                     "I heard about it from {name} in {place}.", "It all happened on {date}."),
+              "th": ("เรื่องนี้ยังออกข่าวที่{place}ด้วยครับ", "{name}ก็อยู่ที่นั่นด้วยครับ", "เรื่องนี้เกิดขึ้นเมื่อปี {year}ครับ",
+                     "ผมได้ยินเรื่องนี้จาก{name}ที่{place}ครับ", "เรื่องนี้เกิดขึ้นวันที่ {date}ครับ")},
+    "heldout": {"en": ("A photo of it was in a newspaper in {place}.", "{name} told me about it at {time}.",
+                       "People first talked about it in {year}.", "{name} was there with a {colour} {animal}."),
+                "th": ("มีรูปเรื่องนี้ลงหนังสือพิมพ์ที่{place}ด้วยครับ", "{name}เล่าเรื่องนี้ให้ผมฟังตอน {time} น. ครับ",
+                       "เรื่องนี้เริ่มมีคนพูดถึงเมื่อปี {year}ครับ", "{name}ก็อยู่ที่นั่นกับ{animal}สี{colour}ด้วยครับ")},
 }
 PER_FRAME = {"train": 8, "heldout": 4}  # passages per frame and language
 WRAPPERS = {"en": ("{p}\n{q}", "Read this: {p}\nQuestion: {q}", "{p} {q}", "Text: {p}\n\n{q}"),

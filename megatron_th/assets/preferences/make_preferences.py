@@ -11,8 +11,10 @@ and in the prompt's language, in the voice of the chat set (../chat/make_chat.py
   question answered in English, or an English one in Thai);
 - ``fact`` (grounding): a short passage written here (a shop, a timetable, a pet, an event) with a
   name, a number, a date, a time or a place in it, and a question about one of them. The chosen
-  answer takes the value from the passage; the rejected one is the same answer with an invented
-  value of the same kind that the prompt does not contain (hallucination against grounding).
+  answer takes the value from the passage and stops; the rejected one is the same answer followed
+  by a claim the passage does not support (CLAIMS in grounding_frames.py: a name, place, year,
+  date, time, animal or colour that the prompt does not contain), an extrinsic hallucination in
+  the sense of Maynez et al. 2020, "On Faithfulness and Factuality in Abstractive Summarization".
 
 The id reads ``kind-language-rejection-number``. The output is a pure function of this file and
 make_chat.py (fixed seeds): ``python make_preferences.py`` rewrites the same bytes, and
@@ -20,11 +22,12 @@ tests/test_preprocess_dpo.py checks that it does. Held-out pairs are new to trai
 
 - ``lang``: after a seeded shuffle of the chat questions every sixth goes to heldout.jsonl;
 - ``fact``: held-out passages use their own passage and question frames (FRAMES["heldout"] in
-  grounding_frames.py, the data this file reads) and their own values: names, places, fruits,
-  animals, colours, months and whole numbers are split between the two files (POOLS,
-  ``number_side``), so no held-out passage or question is a training
-  one and no held-out value, right or invented, occurs in a training passage. ``grounded(split)``
-  returns each pair with its passage, question, value and invented value, for the test.
+  grounding_frames.py, the data this file reads), their own unsupported claims (CLAIMS["heldout"])
+  and their own values: names, places, fruits, animals, colours, months and whole numbers are split
+  between the two files (POOLS, ``number_side``), so no held-out passage, question or claim is a
+  training one and no held-out value, right or invented, occurs in a training passage.
+  ``grounded(split)`` returns each pair with its passage, question, value and the claim's values,
+  for the test.
 """
 import importlib.util
 import os
@@ -137,7 +140,7 @@ def language_pairs(rng):
 frames = _load("grounding_frames", "grounding_frames.py")
 POOLS = dict(frames.POOLS, month={split: [chat.MONTHS[i] for i in idx] for split, idx in frames.MONTH_SPLIT.items()})
 NUMBERS, MINUTES, FRAMES = frames.NUMBERS, frames.MINUTES, frames.FRAMES
-PER_FRAME, WRAPPERS = frames.PER_FRAME, frames.WRAPPERS
+PER_FRAME, WRAPPERS, CLAIMS = frames.PER_FRAME, frames.WRAPPERS, frames.CLAIMS
 
 
 def number_side(n):
@@ -176,8 +179,10 @@ def _value(rng, split, slot, lang, ranges):
 
 
 def occurs(value, text):
-    """Whether ``value`` is written in ``text`` (a number as a whole number: 4 is not in 14)."""
-    return re.search(r"(?<!\d)" + re.escape(value) + r"(?!\d)", text) is not None
+    """Whether ``value`` is written in ``text``: a number as a whole number (4 is not in 14), a Thai
+    word not followed by a vowel or tone mark written above or below it (หมู, pig, is not in หมู่,
+    group: U+0E31, U+0E34-U+0E3A and U+0E47-U+0E4E combine with the consonant before them)."""
+    return re.search(r"(?<!\d)" + re.escape(value) + r"(?![\d\u0e31\u0e34-\u0e3a\u0e47-\u0e4e])", text) is not None
 
 
 def _fields(template):
@@ -185,11 +190,27 @@ def _fields(template):
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def _claim(rng, split, lang, ranges, prompt):
+    """An unsupported claim of ``split`` in ``lang`` and its values: one of CLAIMS[split][lang]
+    with each slot a distinct value that ``prompt`` does not contain (``occurs``)."""
+    template = rng.choice(CLAIMS[split][lang])
+    values = {}
+    for slot in _fields(template):
+        for _ in range(1000):
+            value = _value(rng, split, slot, lang, ranges)
+            if not occurs(value, prompt) and value not in values.values():
+                break
+        else:
+            raise RuntimeError(f"no value to invent for {slot} in {prompt!r}")
+        values[slot] = value
+    return template.format(**values), list(values.values())
+
+
 def grounded(split):
     """The grounding pairs of ``split`` as ``(record, passage, question, value, invented)``: for each
     frame of FRAMES[split] and each language PER_FRAME[split] passages with their own values, each
-    asked one of its questions; the invented value is another value of the same slot that the
-    prompt does not contain (``occurs``)."""
+    asked one of its questions; the chosen answer holds the asked value, the rejected one adds an
+    unsupported claim (``_claim``) whose values (``invented``, a list) the prompt does not contain."""
     rng = random.Random(f"grounded-{split}")
     out = []
     for kind, ranges, p_en, p_th, asks in FRAMES[split]:
@@ -206,16 +227,10 @@ def grounded(split):
                 q_t, a_t = (q_en, a_en) if lang == "en" else (q_th, a_th)
                 passage, question = passage_t.format(**values), q_t.format(**values)
                 content = rng.choice(WRAPPERS[lang]).format(p=passage, q=question)
-                invented = values[slot]
-                for _ in range(1000):
-                    if invented != values[slot] and not occurs(invented, content):
-                        break
-                    invented = _value(rng, split, slot, lang, ranges)
-                else:
-                    raise RuntimeError(f"{kind}: no value to invent for {slot} in {content!r}")
+                answer = a_t.format(**values)
+                claim, invented = _claim(rng, split, lang, ranges, content)
                 record = {"id": f"{kind}-{lang}-fact-{len(out):03d}", "prompt": [chat.u(content)],
-                          "chosen": [chat.a(a_t.format(**values))],
-                          "rejected": [chat.a(a_t.format(**dict(values, **{slot: invented})))]}
+                          "chosen": [chat.a(answer)], "rejected": [chat.a(f"{answer} {claim}")]}
                 out.append((record, passage, question, values[slot], invented))
     return out
 
