@@ -245,3 +245,19 @@ def test_unusable_dirs_and_environment_fail_at_startup_in_one_line(tmp_path, mon
             rc = main(base + extra)
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and err[0].startswith(want), (extra, env, err)
+
+
+def test_a_flag_that_reads_a_checkpoint_finds_none_is_one_error(data_prefix, tmp_path, capsys):
+    """--finetune, --use-checkpoint-args and --skip-train --load read a checkpoint: where --load holds
+    none (a typo, an unfinished first save) the run stops with one error line instead of training or
+    scoring a random model; a plain --load of an empty directory still starts from scratch."""
+    missing = str(tmp_path / "no_such_ckpt")
+    for extra, named in ((["--finetune", "--load", missing], f"--finetune: no complete checkpoint in --load {missing}"),
+                         (["--use-checkpoint-args"], "--use-checkpoint-args: needs --load CHECKPOINT_DIR"),
+                         (["--skip-train", "--load", missing], "--skip-train: no complete checkpoint")):
+        assert pt.main(tiny_argv(data_prefix, tmp_path, "--train-iters", "1", *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: " + named) and len(err.strip().splitlines()) == 1, err
+    assert pt.main(tiny_argv(data_prefix, tmp_path, "--train-iters", "1", "--load", missing,
+                             "--log-dir", str(tmp_path / "logs"))) == 0
+    assert "holds no complete checkpoint yet; starting from scratch" in capsys.readouterr().out
