@@ -1,5 +1,7 @@
 """kill -9 at seeded random moments (many during a save): the last complete checkpoint always
-loads, and the run that finally finishes ends bitwise where an uninterrupted run ends."""
+loads, and the run that finally finishes ends bitwise where an uninterrupted run ends; its
+metrics.jsonl logs each iteration once, with the uninterrupted run's losses."""
+import json
 import os
 import random
 import signal
@@ -9,6 +11,7 @@ import sys
 import torch
 
 from megatron_th.training.checkpoint import CheckpointReader, find_checkpoint
+from megatron_th.training.metrics import supersede_after
 from tests.test_training import data_prefix  # noqa: F401  (the shared synthetic dataset fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,3 +63,30 @@ def test_kill_minus_9_never_corrupts_and_resume_is_exact(data_prefix, tmp_path):
     assert resumed.keys() == reference.keys()
     for n in reference:
         assert torch.equal(resumed[n], reference[n]), n
+    # each iteration logged once, in order, with the uninterrupted run's loss; what a killed run
+    # logged past its last checkpoint moved to metrics.jsonl.superseded when the next run resumed
+    ref_losses = [(r["iteration"], r["lm_loss"]) for r in _records(os.path.join(ref_dir, "logs", "metrics.jsonl"))]
+    assert [(r["iteration"], r["lm_loss"]) for r in _records(os.path.join(save, "logs", "metrics.jsonl"))] == ref_losses
+    superseded = os.path.join(save, "logs", "metrics.jsonl.superseded")
+    for r in _records(superseded) if os.path.exists(superseded) else []:
+        assert (r["iteration"], r["lm_loss"]) == ref_losses[r["iteration"] - 1], r  # a repeat, bitwise
+
+
+def _records(path):
+    with open(path, encoding="utf-8") as f:
+        return [r for r in map(json.loads, f) if "lm_loss" in r]
+
+
+def test_supersede_after_moves_what_a_resume_repeats(tmp_path):
+    path = str(tmp_path / "metrics.jsonl")
+    lines = [json.dumps({"iteration": i, "lm_loss": float(i)}) + "\n" for i in range(1, 6)]
+    lines.insert(3, json.dumps({"split": "valid", "iteration": 3, "loss": 0.5}) + "\n")
+    with open(path, "w") as f:
+        f.writelines(lines + ['{"iteration": 6, "lm_lo'])  # the last write torn by a kill
+    assert supersede_after(path, 3) == 3
+    with open(path) as f:
+        assert f.readlines() == lines[:4]  # iterations 1-3 and the valid record of 3
+    with open(path + ".superseded") as f:
+        assert f.readlines() == lines[4:] + ['{"iteration": 6, "lm_lo\n']
+    assert supersede_after(path, 3) == 0 and supersede_after(str(tmp_path / "none.jsonl"), 3) == 0
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "metrics.jsonl.superseded"]  # no temporary left

@@ -46,6 +46,8 @@ def test_resume_is_bitwise_identical(data_prefix, tmp_path, capsys):
     full = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "8"))
     ck = tmp_path / "ck"
     first = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "4", "--save", str(ck)))
+    with open(ck / "logs" / "metrics.jsonl", "a") as f:  # what a run killed after iteration 4's save logged
+        f.write(json.dumps({"iteration": 5, "lm_loss": 1.0}) + "\n" + '{"iteration": 6, "lm_')
     second = run(tiny_argv(data_prefix, tmp_path, "--train-iters", "8", "--load", str(ck), "--save", str(ck)))
     assert first["losses"] == full["losses"][:4]
     assert second["losses"] == full["losses"][4:]  # bitwise: the same floats
@@ -57,7 +59,8 @@ def test_resume_is_bitwise_identical(data_prefix, tmp_path, capsys):
     assert again["losses"] != full["losses"]
     # metrics: one JSON line per step with the documented keys, appended across the resume
     recs = [json.loads(l) for l in open(ck / "logs" / "metrics.jsonl")]
-    assert [r["iteration"] for r in recs] == list(range(1, 9))
+    assert [r["iteration"] for r in recs] == list(range(1, 9))  # the killed run's 5 and 6 moved aside
+    assert open(ck / "logs" / "metrics.jsonl.superseded").read() == '{"iteration": 5, "lm_loss": 1.0}\n{"iteration": 6, "lm_\n'
     keys = {"iteration", "consumed_samples", "lm_loss", "grad_norm", "lr", "loss_scale", "skipped_iters",
             "tokens_per_sec", "tflops", "mfu"}
     assert keys <= set(recs[0])

@@ -151,24 +151,68 @@ def _k(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
 
 
+def supersede_after(path: str, iteration: int) -> int:
+    """Moves the records of ``path`` (a metrics.jsonl) whose ``iteration`` is past ``iteration``, and
+    any line that is not a JSON object (a write torn by a kill), to ``path + ".superseded"``
+    (appended), so that a run resumed from the checkpoint at ``iteration`` does not log the
+    iterations it repeats twice; TensorBoard's ``purge_step`` does the same to its events. Nothing is
+    lost: the moved lines are written and flushed before ``path`` is atomically replaced. Returns
+    how many lines moved (0 when ``path`` does not exist)."""
+    if not os.path.exists(path):
+        return 0
+    keep, moved = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                past = not isinstance(rec, dict) or rec.get("iteration", 0) > iteration
+            except ValueError:
+                past = True
+            (moved if past else keep).append(line if line.endswith("\n") else line + "\n")
+    if not moved:
+        return 0
+    with open(path + ".superseded", "a", encoding="utf-8") as f:
+        f.writelines(moved)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(moved)
+
+
 class MetricsLogger:
     """Writes each record to the console, metrics.jsonl, TensorBoard (``tensorboard_dir``) and W&B
     (``wandb``: a wandb_log.WandbWriter, or None); does nothing unless ``enabled``. ``extra``:
     fields added to every record (the task's, e.g. SFT's ``loss_normalization``). ``close()``
-    at the end of training finishes the W&B run and flushes TensorBoard."""
+    at the end of training finishes the W&B run and flushes TensorBoard. ``resumed_at``: the
+    iteration a resumed run continues from (None for a fresh or ``--finetune`` run): records past
+    it, left by the run that was killed after that checkpoint, move out of metrics.jsonl
+    (``supersede_after``) and out of TensorBoard (``purge_step``)."""
 
     def __init__(self, log_dir: str | None, enabled: bool, train_iters: int, tensorboard_dir: str | None = None,
-                 wandb=None, extra: dict | None = None):
+                 wandb=None, extra: dict | None = None, resumed_at: int | None = None):
         self.enabled, self.train_iters, self.extra = enabled, train_iters, dict(extra or {})
         self.wandb = wandb if enabled else None
         self.path = os.path.join(log_dir, "metrics.jsonl") if (log_dir and enabled) else None
         if self.path:
             os.makedirs(log_dir, exist_ok=True)
+            if resumed_at is not None:
+                moved = supersede_after(self.path, resumed_at)
+                if moved:
+                    print(f"note: {self.path}: {moved} records past iteration {resumed_at} (from before the resume) "
+                          f"moved to {os.path.basename(self.path)}.superseded")
         self.tb = None
         if enabled and tensorboard_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(tensorboard_dir)
+                purge = {"purge_step": resumed_at + 1} if resumed_at is not None else {}
+                self.tb = SummaryWriter(tensorboard_dir, **purge)
             except ImportError:
                 print("note: tensorboard is not installed; --tensorboard-dir ignored")
 

@@ -242,7 +242,9 @@ def _pretrain(cfg, log, task, run_scope) -> dict:
         f"{core.padded_vocab_size}), {prec} on {device}, TP {groups.tp} PP {groups.pp} DP {groups.dp}")
     log_dir = t.log_dir or (os.path.join(t.save, "logs") if t.save else None)
     wb = open_wandb(t, cfg.to_dict(), wandb_id, t.save and os.path.join(t.save, "wandb"), log) if is_logger else None
-    metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir, wandb=wb, extra=task.record)
+    resumed_at = state["iteration"] if reader is not None and not t.finetune and not t.skip_train else None
+    metrics = MetricsLogger(log_dir, is_logger, t.train_iters, t.tensorboard_dir, wandb=wb, extra=task.record,
+                            resumed_at=resumed_at)
     if t.skip_train:
         return skip_train(cfg, core, stepper, datasets, tokenizer, metrics, state, groups, log)
     # the next global batch is built in the background while this one trains (data/prefetch.py)
