@@ -156,5 +156,7 @@ def test_averaged_checkpoint_loads_at_tp2_and_exports(saved):
     tmp, _ = saved
     avg = os.path.join(runs["root"], "averaged")
     export_to_hf(avg, str(tmp / "hf"), log=lambda *a: None, progress=False)
+    mode = lambda f: os.stat(tmp / "hf" / f).st_mode & 0o777  # noqa: E731
+    assert mode("model.safetensors") == mode("config.json")  # not safetensors' 0600
     r = CheckpointReader(find_checkpoint(avg))
     assert torch.equal(HFWeights(str(tmp / "hf")).get("model.norm.weight"), r.read("final_norm.weight"))

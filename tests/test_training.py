@@ -80,6 +80,8 @@ def test_checkpoint_layout_and_safety(data_prefix, tmp_path):
     assert r.tensors["layers.0.mlp.linear_fc1.weight"]["dtype"] == "bfloat16"
     assert r.tensors["optim.master.layers.0.mlp.linear_fc1.weight"]["dtype"] == "float32"
     assert os.path.isfile(os.path.join(r.path, "tokenizer.model"))
+    mode = lambda f: os.stat(os.path.join(r.path, f)).st_mode & 0o777  # noqa: E731
+    assert mode("shard_00000.safetensors") == mode("metadata.json")  # not 0600: the team reads it too
     # a planted pickle is refused
     torch.save({"x": 1}, os.path.join(r.path, "evil.pt"))
     with pytest.raises(CheckpointError, match="refusing to load a pickle"):

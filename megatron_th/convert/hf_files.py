@@ -15,7 +15,7 @@ import os
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from megatron_th.utils.safetensors_file import save_safetensors
 
 from megatron_th.convert.hf_arch import ConversionError
 
@@ -56,7 +56,7 @@ class ShardedWriter:
         if not self.pending:
             return
         tmp = os.path.join(self.out_dir, f".shard{len(self.files):05d}.tmp")
-        save_file(self.pending, tmp, metadata={"format": "pt"})
+        save_safetensors(self.pending, tmp, metadata={"format": "pt"})
         self.files.append((tmp, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
 

@@ -26,7 +26,7 @@ import time
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from megatron_th.utils.safetensors_file import save_safetensors
 
 from megatron_th.config import ConfigError
 from megatron_th.parallel import host_sync
@@ -156,7 +156,7 @@ class CheckpointWriter:
     def write_shard(self, rank: int, pieces: list) -> list:
         payload, index = shard_entries(rank, pieces)
         path = os.path.join(self.tmp, f"shard_{rank:05d}.safetensors")
-        save_file(payload, path)
+        save_safetensors(payload, path)
         _fsync_file(path)
         return index
 

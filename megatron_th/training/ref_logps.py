@@ -31,7 +31,7 @@ def _extra(p) -> None:
 def write_table(path: str, rows: torch.Tensor, fingerprint: dict) -> int:
     """rows [n, 6] (chosen, rejected logps, chosen, rejected tokens, pair id, real) -> FILE + FILE.json;
     returns the number of pairs. Raises RuntimeError when some pair is missing or repeated."""
-    from safetensors.torch import save_file
+    from megatron_th.utils.safetensors_file import save_safetensors
 
     rows = rows[rows[:, 5] > 0]
     ids = rows[:, 4].long()
@@ -43,7 +43,7 @@ def write_table(path: str, rows: torch.Tensor, fingerprint: dict) -> int:
              enumerate(("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"))}
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    save_file(table, path + ".tmp")
+    save_safetensors(table, path + ".tmp")
     with open(path + ".json.tmp", "w") as f:
         json.dump(fingerprint, f, indent=2)
     os.replace(path + ".tmp", path)
