@@ -7,7 +7,7 @@
 # Runs every step under a timeout, prints one line per step
 #   STEP <name> PASS|FAIL|SKIP <value> <unit> | <detail>
 # writes gpu_check.json (step, status, value, unit, detail, seconds) and exits 1 if any step failed.
-# One GPU: environment, attention backends vs fp32, bf16 training (~100M), save -> resume, Zero-1 save
+# One GPU: environment, attention backends vs fp32, the loss kernel vs F.cross_entropy, bf16 training (~100M), save -> resume, Zero-1 save
 # memory, host syncs per step, throughput/MFU (~1B). Two or more GPUs add: TP/SP/PP/interleaved/DP/
 # Zero-1 parity with --no-tf32 against one GPU on NCCL, save at one layout -> resume at another, and a
 # pipeline deadlock probe with 16 MiB messages. --cpu: the same steps on CPU + gloo, fp32, small sizes

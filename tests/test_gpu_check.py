@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = re.compile(r"^STEP (\S+) (PASS|FAIL|SKIP) (\S+) (\S+)(?: \| (.+))?$")
 PARALLEL = {"parity_tp4_sp", "parity_pp4_1f1b", "parity_pp2_interleaved", "parity_dp4_zero1",
             "parity_tp2_pp2_sp_zero1", "reshard_tp2_pp2_sp_zero1_to_pp2_interleaved", "pipeline_probe"}
-SINGLE = {"env", "train_loss_falls", "resume_matches", "zero1_save_peak", "host_syncs", "throughput_tokens",
+SINGLE = {"env", "loss_kernel", "train_loss_falls", "resume_matches", "zero1_save_peak", "host_syncs", "throughput_tokens",
           "throughput_tflops", "throughput_mfu", "parity_reference"}
 ATTENTION = {"attention_dense", "attention_sdpa", "attention_varlen", "attention_auto"}
 CUDA_ONLY = {"attention_flex", "attention_flash", "attention_te"}  # SKIP on CPU, with the reason

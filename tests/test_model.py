@@ -90,6 +90,37 @@ def test_recompute_gives_identical_grads():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_backward_builds_no_zero_filled_logit_or_qkv_gradients():
+    """Speed (issue 19): q, k, v leave the fused projection by one split (its backward: one cat),
+    not a slice and two selects (each a zero-filled qkv-sized gradient); the loss's log-softmax
+    backward writes into the nll gradient instead of a second [N, V] buffer. Values: the tests above."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names, self.qkv_zero_fills, self.out_of_place_logsoftmax_grads = [], 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            self.names.append(func.__name__)
+            if func.__name__ in ("select_backward.default", "slice_backward.default") and len(args[1]) == 5:
+                self.qkv_zero_fills += 1  # the [b, s, groups, q_per_group + 2, hd] view of qkv
+            if func.__name__.startswith("_log_softmax_backward_data") and kwargs.get("out") is not args[0]:
+                self.out_of_place_logsoftmax_grads += 1
+            return func(*args, **kwargs)
+
+    for variant in ("llama_gqa_tied", "qwen_qkv_bias_mqa", "gpt2"):
+        m = model_cfg(**VARIANTS[variant])
+        model = build_model(m, VOCAB, seed=1)
+        tokens, labels, pos, _, _ = batch(docs=False)
+        loss = model(tokens=tokens, position_ids=pos, labels=labels).sum()
+        with Ops() as ops:
+            loss.backward()
+        assert ops.qkv_zero_fills == 0 and "cat.default" in ops.names, variant
+        assert ops.out_of_place_logsoftmax_grads == 0 and any(n.startswith("_log_softmax_backward") for n in ops.names)
+
+
 def test_init_depends_only_on_seed_config_and_name():
     m = model_cfg(**VARIANTS["llama_gqa_tied"])
     a, b, c = build_model(m, VOCAB, 7), build_model(m, VOCAB, 7), build_model(m, VOCAB, 8)

@@ -25,6 +25,7 @@ class Task:
 TASKS = [  # --cpu timeouts are generous: the test suite may share a loaded 2-core machine
     Task("env", "single", "env_attention:environment", 60, 30),
     Task("attention", "single", "env_attention:attention_backends", 300, 120),
+    Task("loss", "single", "env_attention:loss_kernel", 60, 60),
     Task("train", "single", "training:train_loss_falls", 300, 120),
     Task("resume", "single", "training:save_resume", 240, 120),
     Task("zero1_save", "single", "training:zero1_save_memory", 180, 120),

@@ -201,3 +201,39 @@ def attention_backends(ctx: Context):
 
 
 attention_backends.names = lambda ctx: [f"attention_{n}" for n in _backend_names()]
+
+
+def loss_kernel(ctx: Context):
+    """The TP-1 loss (megatron_th.model.loss.unchunked_cross_entropy: its backward writes the
+    log-softmax gradient into the nll gradient's buffer, checked bitwise only on CPU) against
+    F.cross_entropy on this device, fp32, with ignored labels: loss and logits gradient. Value:
+    max |x - ref| / max |ref| over both; the two run the same kernels, so it should be 0."""
+    import torch
+    import torch.nn.functional as F
+
+    from megatron_th.model.loss import IGNORE_INDEX, unchunked_cross_entropy
+
+    missing = ctx.gpu_missing()
+    if missing:
+        yield skip("loss_kernel", missing, "max_rel_err")
+        return
+    dev = ctx.device
+    g = torch.Generator().manual_seed(0)
+    b, s, h, vocab, padded = 2, 256, 64, 50_000, 50_048  # a real vocabulary: the kernels' large-row path
+    x = torch.randn(b, s, h, generator=g).to(dev)
+    w = (torch.randn(padded, h, generator=g) * 0.1).to(dev)
+    labels = torch.randint(0, vocab, (b, s), generator=g)
+    labels[:, :16] = IGNORE_INDEX
+    labels, grad = labels.to(dev), torch.randn(b, s, generator=g).to(dev)
+    got, ref = [], []
+    for fn, out in ((lambda xx, ww: unchunked_cross_entropy(xx, ww, labels, vocab), got),
+                    (lambda xx, ww: F.cross_entropy(F.linear(xx, ww)[..., :vocab].flatten(0, 1), labels.flatten(),
+                                                    reduction="none", ignore_index=IGNORE_INDEX).view(b, s), ref)):
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        loss = fn(xx, ww)
+        loss.backward(grad)
+        out += [loss.detach(), xx.grad, ww.grad]
+    errs = [float((a - r).abs().max() / r.abs().max().clamp_min(1e-12)) for a, r in zip(got, ref)]
+    yield check("loss_kernel", max(errs) <= 1e-6, max(errs), "max_rel_err",
+                f"fp32, vocab {vocab} (padded {padded}), {b * s} tokens, 16 per row ignored; "
+                f"loss/dx/dW " + "/".join(f"{e:.1e}" for e in errs))

@@ -7,10 +7,11 @@ min(R, V) on the rank with the most):
 
 - **unchunked** when N <= C, the chunk (``chunk_tokens_for``: C tokens of fp32 logits take about
   ``LOSS_CHUNK_BYTES`` = 256 MiB; C = chunk_tokens_for(V) at TP 1, chunk_tokens_for(R) under TP):
-  the full logits, as before issue 15. TP 1: ``F.cross_entropy`` keeps the fp32 log-probabilities
-  ``4 N V`` (+ the targets, ``8 N``); forward peak adds the logits ``N V' D`` and (16-bit) their
-  fp32 copy ``4 N V``, backward two fp32 ``[N, V]`` gradients: transient
-  ``max(N V' D + [D < 4] 4 N V, 8 N V)``. TP: ``_VocabParallelCE`` keeps the fp32 softmax shard
+  the full logits, as before issue 15. TP 1: ``F.cross_entropy`` (model/loss.py ``_CrossEntropy``)
+  keeps the fp32 log-probabilities ``4 N V`` (+ the targets, ``8 N``); forward peak adds the logits
+  ``N V' D`` and (16-bit) their fp32 copy ``4 N V``, backward one fp32 ``[N, V]`` gradient (the
+  log-softmax backward writes into the nll gradient): transient
+  ``max(N V' D + [D < 4] 4 N V, 4 N V)``. TP: ``_VocabParallelCE`` keeps the fp32 softmax shard
   ``4 N R`` (+ the shard-local targets and two masks, ``10 N``), which its backward turns into the
   gradient in place; the peak is in forward: the logits ``N R D``, for 16-bit their fp32 copy
   ``4 N R``, the shifted logits ``4 N R`` besides the exponentials (the saved shard): transient
@@ -65,7 +66,7 @@ def transient_bytes(tokens: int, hidden: int, vocab: int, padded_vocab: int, tp:
     if not plan["chunked"]:
         if tp > 1:  # forward: logits, their fp32 copy (16-bit), shifted, exp; fp32 on a padded shard: + masked copy
             return (8 + d if d < 4 else 12 if padded_vocab > vocab else 8) * n * r
-        return max(n * padded_vocab * d + (4 * n * vocab if d < 4 else 0), 8 * n * vocab)
+        return max(n * padded_vocab * d + (4 * n * vocab if d < 4 else 0), 4 * n * vocab)
     if d >= 4:
         tb = min(n, c)
         return max(c * v * 4, tb * v * 4 + n * h * 4 + r * h * 4)

@@ -88,9 +88,11 @@ class SelfAttention(nn.Module):
         b, s = qkv.shape[:2]
         groups = qkv.shape[-1] // ((self.q_per_group + 2) * self.hd)  # local groups under TP
         qkv = qkv.view(b, s, groups, self.q_per_group + 2, self.hd)
-        q = qkv[:, :, :, : self.q_per_group].reshape(b, s, groups * self.q_per_group, self.hd).transpose(1, 2)
-        k = qkv[:, :, :, -2].transpose(1, 2)
-        v = qkv[:, :, :, -1].transpose(1, 2)
+        # one split (backward: one cat of the three gradients), not a slice and two selects (each
+        # a zero-filled qkv-sized gradient, summed)
+        q, k, v = qkv.split([self.q_per_group, 1, 1], dim=3)
+        q = q.reshape(b, s, groups * self.q_per_group, self.hd).transpose(1, 2)
+        k, v = k.squeeze(3).transpose(1, 2), v.squeeze(3).transpose(1, 2)
         if self.q_layernorm is not None:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         if rope is not None:

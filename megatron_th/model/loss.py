@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 LOSS_CHUNK_BYTES = 256 * 2 ** 20
 """fp32 logits per chunk, in bytes (per rank: under TP the vocabulary is this rank's shard)."""
@@ -155,11 +156,46 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.add_(torch.mm(a, b))
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(logits, labels, reduction="none")`` (ignore_index IGNORE_INDEX) bit for bit,
+    with one ``[N, V]`` buffer fewer in backward.
+
+    forward(logits [N, V] fp32, labels [N] int64) -> loss [N] fp32. F.cross_entropy is
+    ``nll_loss(log_softmax(logits))``: its backward fills a zero ``[N, V]`` gradient of the
+    log-probabilities (one entry per row), then ``_log_softmax_backward_data`` allocates another
+    ``[N, V]`` for the result. Here the same two kernels run and the second writes into the first
+    (the kernel is elementwise along the row after reading the row's sum), so values are those of
+    F.cross_entropy, bitwise (tests/test_chunked_loss.py), and the saved log-probabilities stay
+    intact (a second backward with retain_graph is still correct). Labels out of [0, V) other
+    than IGNORE_INDEX raise RuntimeError (gather's bounds check; F.cross_entropy's is nll_loss's).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels):
+        logp = torch.log_softmax(logits, dim=-1)
+        ignored = labels == IGNORE_INDEX
+        index = labels.masked_fill(ignored, 0).unsqueeze(-1)
+        loss = logp.gather(-1, index).squeeze(-1).neg_().masked_fill_(ignored, 0.0)  # nll_loss, "none"
+        ctx.save_for_backward(logp, labels)  # what nll_loss saves: the estimator counts these bytes
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        logp, labels = ctx.saved_tensors
+        ignored = labels == IGNORE_INDEX
+        grad = torch.zeros_like(logp)  # nll_loss_backward: -g at the label, 0 on ignored rows
+        index = labels.masked_fill(ignored, 0).unsqueeze(-1)
+        grad.scatter_(-1, index, g.masked_fill(ignored, 0.0).neg().unsqueeze(-1))
+        return torch._log_softmax_backward_data(grad, logp, -1, logp.dtype, out=grad), None
+
+
 def unchunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, true_vocab: int) -> torch.Tensor:
     """The loss as computed before chunking (full logits [b, s, V_padded] in the compute dtype,
-    upcast to fp32 [b*s, V]): ``F.cross_entropy`` with ``reduction="none"``. Returns fp32 [b, s]."""
+    upcast to fp32 [b*s, V]): ``F.cross_entropy`` with ``reduction="none"`` (bitwise; computed by
+    ``_CrossEntropy``, whose backward needs one fp32 [b*s, V] buffer, not two). Returns fp32 [b, s]."""
     logits = F.linear(x, weight)[..., :true_vocab]
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+    return _CrossEntropy.apply(logits.float().flatten(0, 1), labels.flatten()).view(labels.shape)
 
 
 def lm_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, true_vocab: int,
