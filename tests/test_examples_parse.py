@@ -1,4 +1,4 @@
-"""Every examples/*.yaml is a valid run: pretrain_gpt.py's parser (megatron_th/config.py
+"""Every examples/*.yaml is a valid run: pretrain_gpt.py's parser (megatron_th/config/
 parse_config: an unknown key is an error) and finalize (derived defaults, impossible combinations)
 accept it at its world size (its ``estimate:`` section's ``gpus``, else TP x PP), and
 tools/estimate.py reads its ``estimate:`` section (megatron_th/cli/estimate.py settings). Nothing

@@ -16,7 +16,7 @@ What keeps a layer one graph, and the same graph for every micro-batch:
   graph draws its dropout masks from its own generator seeded from the default one, so it could
   not use the per-rank stream anyway. The fork around a dropout of probability 0 swaps a state
   nothing draws from: it is removed here (exact). A sharded dropout > 0 under TP is refused
-  (``check_compile``), as Megatron-style recomputation refuses it (config.py).
+  (``check_compile``), as Megatron-style recomputation refuses it (config/checks.py).
 - The ``DocumentPlan`` (model/documents.py) is a Python object: dynamo guards on the attributes a
   layer reads (``has_boundaries``; ``max_len`` only under a sliding window) and on the shapes of
   the cached tensors, which are fixed for the dense, flex, flash and te backends. The CPU
